@@ -1,0 +1,276 @@
+"""The one set of analytical formulas for partitioning, FLOPs, bytes and exchanges.
+
+Torch-free. The runtime imports these so that "bytes actually handed to the exchange"
+and "bytes the cost model predicts" are the same formula (tested in tests/).
+
+Notation follows ../shared/reference/prism-method.md: N tokens, hidden size d,
+FFN width d_ff, n_layers blocks, P devices, batch B, element size b bytes.
+All FLOP counts are 2 per multiply-add and count matmuls only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+STRATEGIES_ANALYTICAL = ("single", "voltage", "prism")
+EXCHANGE_MODES = ("pairwise", "allgather")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Transformer dimensions that the formulas need.
+
+    seq_len: tokens N (ViT: patches + CLS; BERT/GPT-2: sequence length).
+    embed_flops: FLOPs of the input embedding for all N tokens (ViT patch projection),
+    head_flops: FLOPs of the classifier head per sample (applied once, on device 0).
+    """
+
+    name: str
+    seq_len: int
+    d: int
+    heads: int
+    d_ff: int
+    n_layers: int
+    embed_flops: float = 0.0
+    head_flops: float = 0.0
+
+    def __post_init__(self):
+        for k in ("seq_len", "d", "heads", "d_ff", "n_layers"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"ModelShape.{k}={v!r} must be a positive integer")
+        if self.d % self.heads:
+            raise ValueError(f"d={self.d} is not divisible by heads={self.heads}")
+
+
+def vit_shape(name: str = "vit_base_patch16_224", *, img_size: int = 224, patch_size: int = 16,
+              d: int = 768, heads: int = 12, d_ff: int | None = None, n_layers: int = 12,
+              in_chans: int = 3, num_classes: int = 1000, cls_token: bool = True) -> ModelShape:
+    """Shape of a timm-style ViT: N = (img/patch)^2 + 1 (CLS)."""
+    if img_size % patch_size:
+        raise ValueError(f"img_size={img_size} is not a multiple of patch_size={patch_size}")
+    n_patches = (img_size // patch_size) ** 2
+    d_ff = 4 * d if d_ff is None else d_ff
+    return ModelShape(
+        name=name, seq_len=n_patches + int(cls_token), d=d, heads=heads, d_ff=d_ff,
+        n_layers=n_layers,
+        embed_flops=2.0 * n_patches * (in_chans * patch_size * patch_size) * d,
+        head_flops=2.0 * d * num_classes,
+    )
+
+
+# Known shapes by name (for the torch-free side: cost model, notebooks, decision hook).
+KNOWN_SHAPES = {
+    "vit_tiny_patch16_224": dict(d=192, heads=3, n_layers=12),
+    "vit_small_patch16_224": dict(d=384, heads=6, n_layers=12),
+    "vit_base_patch16_224": dict(d=768, heads=12, n_layers=12),
+    "deit_tiny_patch16_224": dict(d=192, heads=3, n_layers=12),
+    "deit_small_patch16_224": dict(d=384, heads=6, n_layers=12),
+    "deit_base_patch16_224": dict(d=768, heads=12, n_layers=12),
+}
+
+
+def shape_for(name: str, *, img_size: int = 224, patch_size: int = 16,
+              num_classes: int = 1000) -> ModelShape:
+    """ModelShape of a known ViT name at a given img_size / patch_size."""
+    if name not in KNOWN_SHAPES:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(KNOWN_SHAPES)}")
+    return vit_shape(name, img_size=img_size, patch_size=patch_size, num_classes=num_classes,
+                     **KNOWN_SHAPES[name])
+
+
+# --------------------------------------------------------------------------- partitions
+
+def even_partition(n: int, p: int) -> list[int]:
+    """Contiguous sizes for n tokens over p devices; the first n mod p get one more
+    (so CLS, on device 0, sits in the larger part): 197 over 2 -> [99, 98]."""
+    if p < 1:
+        raise ValueError(f"world_size={p} must be >= 1")
+    if n < p:
+        raise ValueError(f"{n} tokens cannot be split over world_size={p} devices")
+    return [n // p + (1 if i < n % p else 0) for i in range(p)]
+
+
+def check_partition(sizes: Sequence[int], n: int) -> list[int]:
+    """Validate explicit (possibly uneven) partition sizes."""
+    sizes = [int(s) for s in sizes]
+    if any(s < 1 for s in sizes):
+        raise ValueError(f"partition sizes {sizes} must all be >= 1")
+    if sum(sizes) != n:
+        raise ValueError(f"partition sizes {sizes} sum to {sum(sizes)}, not to the {n} tokens")
+    return sizes
+
+
+def offsets(sizes: Sequence[int]) -> list[int]:
+    """Global position of each device's first token."""
+    out, a = [], 0
+    for s in sizes:
+        out.append(a)
+        a += s
+    return out
+
+
+def segment_sizes(rows: int, m: int) -> list[int]:
+    """torch.tensor_split semantics: the first rows mod m segments get one extra row.
+    99 rows into 10 -> nine 10s and one 9."""
+    if not 1 <= m <= rows:
+        raise ValueError(f"m={m} segments for {rows} rows; m must be in [1, {rows}]")
+    q, r = divmod(rows, m)
+    return [q + 1 if j < r else q for j in range(m)]
+
+
+def resolve_m(lp: int, *, cr: float | None = None, m: int | None = None) -> tuple[int, float]:
+    """Segment means per device from either cr or m, for lp = L_p tokens per device
+    (ceil(N/P) for an even split). Returns (m, cr) with CR = L_p / m and
+    m = round(L_p / CR), at least 1."""
+    if (cr is None) == (m is None):
+        raise ValueError("prism needs exactly one of cr or m")
+    if cr is not None:
+        if not (1.0 <= float(cr) <= lp):
+            raise ValueError(f"cr={cr} for {lp} tokens per device; cr must be in [1, {lp}]")
+        m = max(1, int(round(lp / float(cr))))
+    elif isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= lp:
+        raise ValueError(f"m={m} segment means for {lp} tokens per device; m must be in [1, {lp}]")
+    return m, lp / m
+
+
+def means_per_device(sizes: Sequence[int], m: int) -> list[int]:
+    """m clamped to each device's own row count (an uneven part smaller than m sends
+    one mean per row, i.e. its exact rows)."""
+    return [min(m, s) for s in sizes]
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+def block_flops(lq: float, lkv: float, d: int, d_ff: int) -> float:
+    """F(Lq, Lkv): FLOPs of one Transformer block for Lq query rows over Lkv key rows."""
+    return 4 * lq * d * d + 4 * lkv * d * d + 4 * lq * lkv * d + 4 * lq * d * d_ff
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A resolved strategy on a model: partition, segment means, per-device quantities.
+
+    All per-device lists are indexed by rank. Bytes are for one batch of `batch`.
+    """
+
+    strategy: str
+    shape: ModelShape
+    world_size: int
+    batch: int
+    sizes: tuple[int, ...]
+    m: int | None = None            # segment means per device (prism)
+    cr: float | None = None
+    exchange: str = "pairwise"
+    elem_bytes: int = 4
+    kv_rows: tuple[int, ...] = field(default=())
+
+    @property
+    def n_exchanges(self) -> int:
+        """Exchanges per forward pass (one per block when distributed)."""
+        return 0 if self.strategy == "single" or self.world_size == 1 else self.shape.n_layers
+
+    def rows_sent(self, rank: int) -> int:
+        """Rows one device hands to the exchange per block, per sample (before padding)."""
+        if self.strategy == "voltage":
+            return self.sizes[rank]
+        if self.strategy == "prism":
+            return means_per_device(self.sizes, self.m)[rank]
+        return 0
+
+    def rows_per_message(self, rank: int) -> int:
+        """Rows actually put on the wire per peer: all_gather pads to the largest part."""
+        if self.exchange == "allgather":
+            return max(self.rows_sent(q) for q in range(self.world_size))
+        return self.rows_sent(rank)
+
+    def comm_bytes(self, rank: int) -> int:
+        """Bytes one device sends per forward pass: (P-1) * rows * d * b * B per block."""
+        if self.n_exchanges == 0:
+            return 0
+        per_block = (self.world_size - 1) * self.rows_per_message(rank) * self.shape.d \
+            * self.elem_bytes * self.batch
+        return per_block * self.n_exchanges
+
+    def recv_bytes(self, rank: int) -> int:
+        """Bytes one device receives per forward pass."""
+        if self.n_exchanges == 0:
+            return 0
+        rows = sum(self.rows_per_message(q) for q in range(self.world_size) if q != rank)
+        return rows * self.shape.d * self.elem_bytes * self.batch * self.n_exchanges
+
+    def staged_bytes(self, rank: int) -> int:
+        """Bytes copied device->host (own rows) plus host->device (every peer's rows) per
+        pass when the model sits on an accelerator; padding is never staged."""
+        if self.n_exchanges == 0:
+            return 0
+        rows = sum(self.rows_sent(q) for q in range(self.world_size))
+        return rows * self.shape.d * self.elem_bytes * self.batch * self.n_exchanges
+
+    def flops(self, rank: int, *, embed: bool = True, head: bool = True) -> float:
+        """FLOPs of one device for the whole batch (blocks, plus own-token embedding and,
+        on device 0, the head)."""
+        s = self.shape
+        f = s.n_layers * block_flops(self.sizes[rank], self.kv_rows[rank], s.d, s.d_ff)
+        if embed:
+            f += s.embed_flops * self.sizes[rank] / s.seq_len
+        if head and rank == 0:
+            f += s.head_flops
+        return f * self.batch
+
+    def max_flops(self, **kw) -> float:
+        return max(self.flops(r, **kw) for r in range(self.world_size))
+
+    def to_dict(self) -> dict:
+        return {
+            "strategy": self.strategy, "model": self.shape.name, "seq_len": self.shape.seq_len,
+            "world_size": self.world_size, "batch": self.batch, "partition": list(self.sizes),
+            "m": self.m, "cr": self.cr, "exchange": self.exchange,
+            "n_exchanges": self.n_exchanges,
+            "comm_bytes": [self.comm_bytes(r) for r in range(self.world_size)],
+            "staged_bytes": [self.staged_bytes(r) for r in range(self.world_size)],
+            "gflops": [self.flops(r) / 1e9 for r in range(self.world_size)],
+        }
+
+
+def make_plan(strategy: str, shape: ModelShape, *, world_size: int = 2, batch: int = 1,
+              cr: float | None = None, m: int | None = None,
+              partition: Sequence[int] | None = None, exchange: str = "pairwise",
+              elem_bytes: int = 4) -> Plan:
+    """Resolve a strategy on a shape; validates every argument with a one-line error."""
+    if strategy not in STRATEGIES_ANALYTICAL:
+        raise ValueError(f"unknown strategy {strategy!r}; known: {list(STRATEGIES_ANALYTICAL)}")
+    if exchange not in EXCHANGE_MODES:
+        raise ValueError(f"unknown exchange {exchange!r}; known: {list(EXCHANGE_MODES)}")
+    if not isinstance(batch, (int,)) or batch < 1:
+        raise ValueError(f"batch={batch} must be an integer >= 1")
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size={world_size} must be an integer >= 1")
+    n = shape.seq_len
+    if strategy == "single":
+        if world_size != 1:
+            raise ValueError(f"strategy 'single' runs on one device; world_size={world_size} must be 1")
+        return Plan("single", shape, 1, batch, (n,), kv_rows=(n,), exchange=exchange,
+                    elem_bytes=elem_bytes)
+    sizes = check_partition(partition, n) if partition is not None else even_partition(n, world_size)
+    if len(sizes) != world_size:
+        raise ValueError(f"partition {sizes} has {len(sizes)} parts for world_size={world_size}")
+    if strategy == "voltage":
+        if cr is not None or m is not None:
+            raise ValueError("voltage exchanges full features; cr and m apply to prism only")
+        return Plan("voltage", shape, world_size, batch, tuple(sizes), kv_rows=(n,) * world_size,
+                    exchange=exchange, elem_bytes=elem_bytes)
+    # prism: CR is defined against the largest part, L_p = ceil(N/P) for an even split
+    m, cr = resolve_m(max(sizes), cr=cr, m=m)
+    ms = means_per_device(sizes, m)
+    kv = tuple(sizes[p] + sum(ms[q] for q in range(world_size) if q != p) for p in range(world_size))
+    return Plan("prism", shape, world_size, batch, tuple(sizes), m=m, cr=cr, kv_rows=kv,
+                exchange=exchange, elem_bytes=elem_bytes)
+
+
+def comm_reduction(plan: Plan) -> float:
+    """Fraction of Voltage's traffic that Prism saves on the same partition: 1 - m/L_p."""
+    if plan.strategy != "prism":
+        raise ValueError("comm_reduction applies to a prism plan")
+    return 1.0 - plan.m / max(plan.sizes)

@@ -1,0 +1,225 @@
+"""Model adapters: the small surface a strategy needs from a plain model.
+
+A strategy never edits the model. It asks the adapter for
+  - `embed(inputs)`        the (B, N, d) block-0 input with *global* positions,
+  - `kv_input(i, x)`       what block i's K/V projections read (pre-LN models: norm1(x)),
+  - `block(i, x, remote, bias)` block i on own rows x, with extra K/V-input rows `remote`
+                           and an additive attention bias for those columns,
+  - `finish(x_own, rank)`  final norm and head on the rows a device owns.
+The timm ViT adapter lives here; BERT and GPT-2 adapters implement the same methods.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from costmodel.formulas import ModelShape, vit_shape
+
+
+def attention(attn: nn.Module, q_in: torch.Tensor, kv_in: torch.Tensor,
+              bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """timm `Attention` with queries from `q_in` (B, Lq, d) and keys/values from
+    `kv_in` (B, Lkv, d); `bias` is added to the scaled logits (broadcast to
+    (B, heads, Lq, Lkv)). Same weights and ops as attn.forward when q_in is kv_in."""
+    B, Lq, _ = q_in.shape
+    Lkv = kv_in.shape[1]
+    H, Dh, A = attn.num_heads, attn.head_dim, attn.attn_dim
+    w, b = attn.qkv.weight, attn.qkv.bias
+    q = F.linear(q_in, w[:A], None if b is None else b[:A])
+    kv = F.linear(kv_in, w[A:], None if b is None else b[A:])
+    q = q.reshape(B, Lq, H, Dh).transpose(1, 2)
+    k, v = kv.reshape(B, Lkv, 2, H, Dh).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    out = out.transpose(1, 2).reshape(B, Lq, A)
+    if getattr(attn, "gate", None) is not None:
+        out = out * attn.gate(q_in).sigmoid()
+    out = attn.norm(out)
+    return attn.proj_drop(attn.proj(out))
+
+
+class TimmViTAdapter:
+    """Adapter over a timm `VisionTransformer` (pre-LN blocks, CLS-token pooling)."""
+
+    family = "vit"
+
+    def __init__(self, model: nn.Module, name: str = "vit"):
+        from timm.models.vision_transformer import VisionTransformer
+
+        if not isinstance(model, VisionTransformer):
+            raise TypeError(f"expected a timm VisionTransformer, got {type(model).__name__}")
+        if model.global_pool != "token" or model.attn_pool is not None:
+            raise ValueError(f"model {name!r} pools with {model.global_pool!r}; only CLS-token "
+                             "pooling ('token') is supported for partitioned inference")
+        for blk in model.blocks:
+            if not hasattr(blk, "norm1") or type(blk.attn).__name__ != "Attention":
+                raise ValueError(f"model {name!r} has blocks of type {type(blk).__name__} / "
+                                 f"{type(blk.attn).__name__}; only timm Block with Attention is supported")
+        self.model = model.eval()
+        self.name = name
+        self.blocks = list(model.blocks)
+        pe = model.patch_embed
+        img = pe.img_size[0] if isinstance(pe.img_size, (tuple, list)) else pe.img_size
+        patch = pe.patch_size[0] if isinstance(pe.patch_size, (tuple, list)) else pe.patch_size
+        blk = self.blocks[0]
+        self.shape: ModelShape = vit_shape(
+            name, img_size=img, patch_size=patch, d=model.embed_dim, heads=blk.attn.num_heads,
+            d_ff=blk.mlp.fc1.out_features, n_layers=len(self.blocks),
+            in_chans=pe.proj.in_channels, num_classes=max(1, model.num_classes),
+            cls_token=model.cls_token is not None,
+        )
+        if model.num_prefix_tokens != 1 or model.cls_token is None:
+            raise ValueError(f"model {name!r} has {model.num_prefix_tokens} prefix tokens; "
+                             "exactly one CLS token is supported")
+        self.img_size, self.patch_size = img, patch
+
+    @property
+    def seq_len(self) -> int:
+        return self.shape.seq_len
+
+    def make_inputs(self, batch: int, seed: int, device="cpu") -> torch.Tensor:
+        """Deterministic random images (B, 3, H, W) for a seed."""
+        g = torch.Generator().manual_seed(seed + 1)
+        x = torch.randn(batch, self.model.patch_embed.proj.in_channels, self.img_size,
+                        self.img_size, generator=g)
+        return x.to(device)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Block-0 input (B, N, d) with global positions. Every device runs the patch
+        projection on the whole image (under 1 % of the FLOPs) and keeps its rows."""
+        m = self.model
+        x = m.patch_embed(images)
+        x = m._pos_embed(x)
+        x = m.patch_drop(x)
+        return m.norm_pre(x)
+
+    def kv_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks[i].norm1(x)
+
+    def block(self, i: int, x: torch.Tensor, remote: Optional[torch.Tensor] = None,
+              bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Block i on own rows x (B, L, d); `remote` (B, R, d) are extra rows already in
+        K/V-input space (post-norm1); `bias` (.., L, L+R) is added to the logits."""
+        blk = self.blocks[i]
+        h = blk.norm1(x)
+        kv = h if remote is None else torch.cat([h, remote], dim=1)
+        x = x + blk.drop_path1(blk.ls1(attention(blk.attn, h, kv, bias)))
+        return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.norm(x)
+
+    def head(self, x_norm_rank0: torch.Tensor) -> torch.Tensor:
+        """Classifier on the CLS row (global position 0, on device 0)."""
+        m = self.model
+        return m.head(m.head_drop(m.fc_norm(x_norm_rank0[:, 0])))
+
+    def reference(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plain, unpartitioned model: (logits, final normed features)."""
+        feats = self.model.forward_features(images)
+        return self.model.forward_head(feats), feats
+
+
+# --------------------------------------------------------------------------- creation
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to build: a timm name plus overrides, all following from `seed`."""
+
+    name: str
+    img_size: Optional[int] = None
+    patch_size: Optional[int] = None
+    num_classes: Optional[int] = None
+    depth: Optional[int] = None
+    checkpoint: Optional[str] = None
+    seed: int = 0
+
+    def kwargs(self) -> dict:
+        kw = {}
+        for k in ("img_size", "patch_size", "num_classes", "depth"):
+            v = getattr(self, k)
+            if v is not None:
+                kw[k] = v
+        return kw
+
+
+MODEL_FAMILIES = {}   # family -> builder(spec, device) ; extended by the HF adapters
+
+
+def register_family(name: str):
+    def deco(fn):
+        if name in MODEL_FAMILIES:
+            raise ValueError(f"model family {name!r} is already registered")
+        MODEL_FAMILIES[name] = fn
+        return fn
+    return deco
+
+
+def family_of(name: str) -> str:
+    for fam, match in _FAMILY_MATCHERS:
+        if match(name):
+            return fam
+    return "timm"
+
+
+_FAMILY_MATCHERS: list = []
+
+
+def _load_state_dict(path: str) -> dict:
+    """Load weights without pickle: safetensors, or torch.load(weights_only=True)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(p))
+    sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    return sd
+
+
+@register_family("timm")
+def build_timm(spec: ModelSpec, device="cpu") -> TimmViTAdapter:
+    import timm
+
+    if not timm.is_model(spec.name):
+        raise ValueError(f"unknown model {spec.name!r}; examples: vit_tiny_patch16_224, "
+                         "vit_small_patch16_224, vit_base_patch16_224, deit_small_patch16_224, "
+                         "test_vit (see timm.list_models('vit*'))")
+    torch.manual_seed(spec.seed)
+    kw = spec.kwargs()
+    if "img_size" in kw and kw["img_size"] % kw.get("patch_size", _default_patch(spec.name)):
+        raise ValueError(f"img_size={kw['img_size']} is not a multiple of the patch size")
+    model = timm.create_model(spec.name, pretrained=False, **kw)
+    if spec.checkpoint:
+        model.load_state_dict(_load_state_dict(spec.checkpoint))
+    return TimmViTAdapter(model.to(device).eval(), spec.name)
+
+
+def _default_patch(name: str) -> int:
+    import re
+    mt = re.search(r"patch(\d+)", name)
+    return int(mt.group(1)) if mt else 16
+
+
+def build_adapter(spec: ModelSpec, device="cpu"):
+    """Create the plain model for `spec` (weights follow from spec.seed) and wrap it."""
+    return MODEL_FAMILIES[family_of(spec.name)](spec, device)
+
+
+def n_tokens(spec: ModelSpec) -> int:
+    """Token count of a spec without building weights (meta device)."""
+    with torch.device("meta"):
+        ad = build_adapter(ModelSpec(**{**spec.__dict__, "checkpoint": None}), device="meta")
+    return ad.seq_len
+
+
+def log_counts(sizes) -> torch.Tensor:
+    return torch.tensor([math.log(s) for s in sizes], dtype=torch.float32)
