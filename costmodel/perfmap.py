@@ -1,0 +1,228 @@
+"""Read, validate and write performance maps (docs/perfmap.md). Torch-free.
+
+A perf map is one JSON file per profiling sweep: `schema_version`, units, environment,
+cluster, the model shapes the records refer to, the protocol and the records. Every file
+is validated on load (JSON Schema `perfmap.schema.json` plus a few cross-field checks) and
+a bad file fails with one line that says what is wrong. Files are written atomically
+(temp file in the same folder, fsync, `os.replace`), so a killed writer never leaves half
+a file. No pickle anywhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from .formulas import ModelShape
+
+SCHEMA_VERSION = 1
+KIND = "prism-edge.perfmap"
+SCHEMA_PATH = Path(__file__).with_name("perfmap.schema.json")
+SOURCES = ("measured", "transcribed", "synthetic")
+PHASES = ("compute_ms", "staging_ms", "comm_ms")
+AXES = ("strategy", "model", "batch", "bw", "cr", "seq_len", "world_size")
+
+
+class PerfMapError(ValueError):
+    """A perf map that cannot be used: wrong version, wrong shape, inconsistent records."""
+
+
+@lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _where(path: Iterable[Any]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<top>"
+
+
+def validate_perfmap(d: Any) -> dict:
+    """Validate a perf map given as a dict; returns it unchanged or raises PerfMapError
+    with one line naming the offending field and what is allowed."""
+    if not isinstance(d, dict):
+        raise PerfMapError(f"perf map must be a JSON object, got {type(d).__name__}")
+    v = d.get("schema_version")
+    if v != SCHEMA_VERSION:
+        raise PerfMapError(f"perf map schema_version={v!r} is not supported; this reader "
+                           f"handles schema_version {SCHEMA_VERSION}")
+    if d.get("kind") != KIND:
+        raise PerfMapError(f"perf map kind={d.get('kind')!r}; expected {KIND!r}")
+    import jsonschema
+
+    errs = sorted(_validator().iter_errors(d), key=lambda e: (len(list(e.absolute_path)),
+                                                               list(map(str, e.absolute_path))))
+    if errs:
+        e = jsonschema.exceptions.best_match(errs)
+        msg = e.message if len(e.message) < 200 else e.message[:200] + "..."
+        raise PerfMapError(f"perf map invalid at {_where(e.absolute_path)}: {msg}")
+    names = {(m["name"], m["seq_len"]) for m in d["models"]}
+    for i, r in enumerate(d["records"]):
+        if (r["model"], r["seq_len"]) not in names:
+            raise PerfMapError(f"perf map invalid at records[{i}]: model {r['model']!r} with "
+                               f"seq_len={r['seq_len']} is not in models {sorted(names)}")
+        if r["energy_source"] == "none" and r.get("energy_j") is not None:
+            raise PerfMapError(f"perf map invalid at records[{i}]: energy_j={r['energy_j']} "
+                               f"with energy_source 'none' (no sensor means energy_j null)")
+        if r["strategy"] == "single" and r["world_size"] != 1:
+            raise PerfMapError(f"perf map invalid at records[{i}]: strategy 'single' with "
+                               f"world_size={r['world_size']}; single runs on 1 device")
+    return d
+
+
+def record_latency_ms(r: dict) -> float | None:
+    """Batch latency of a record in ms: the median, or the mean where the source only
+    reports a mean (transcribed papers); None for a failed configuration."""
+    lat = r.get("latency_ms")
+    if not lat:
+        return None
+    v = lat.get("median")
+    return float(v) if v is not None else (float(lat["mean"]) if lat.get("mean") is not None else None)
+
+
+@dataclass
+class PerfMap:
+    """A validated perf map: `meta` holds every top-level key except the records."""
+
+    meta: dict
+    records: list = field(default_factory=list)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_dict(cls, d: dict) -> "PerfMap":
+        validate_perfmap(d)
+        meta = {k: v for k, v in d.items() if k != "records"}
+        return cls(meta=meta, records=[dict(r) for r in d["records"]])
+
+    def to_dict(self) -> dict:
+        return {**self.meta, "records": self.records}
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def source(self) -> str:
+        return self.meta["source"]
+
+    @property
+    def models(self) -> list:
+        return self.meta["models"]
+
+    def shape(self, model: str, seq_len: int) -> ModelShape:
+        """formulas.ModelShape of a (model, seq_len) the records refer to."""
+        for m in self.models:
+            if m["name"] == model and m["seq_len"] == seq_len:
+                return ModelShape(name=m["name"], seq_len=m["seq_len"], d=m["d"],
+                                  heads=m["heads"], d_ff=m["d_ff"], n_layers=m["n_layers"],
+                                  embed_flops=float(m.get("embed_flops", 0.0)),
+                                  head_flops=float(m.get("head_flops", 0.0)))
+        raise PerfMapError(f"model {model!r} with seq_len={seq_len} is not in this perf map")
+
+    def record_shape(self, r: dict) -> ModelShape:
+        return self.shape(r["model"], r["seq_len"])
+
+    def usable(self, *, breakdown: bool = False, energy: bool = False,
+               strategies: Iterable[str] | None = None) -> list:
+        """Records a model can learn from: no error and a latency; with `breakdown` also
+        all three phase times; with `energy` also a measured energy_j."""
+        strategies = None if strategies is None else set(strategies)
+        out = []
+        for r in self.records:
+            if r.get("error") or record_latency_ms(r) is None:
+                continue
+            if strategies is not None and r["strategy"] not in strategies:
+                continue
+            if breakdown and any(r.get(p) is None for p in PHASES):
+                continue
+            if energy and r.get("energy_j") is None:
+                continue
+            out.append(r)
+        return out
+
+    def filter(self, **axes) -> "PerfMap":
+        """Records whose axis values match: a scalar or a collection per axis,
+        e.g. `pm.filter(strategy=("single", "prism"), batch=8)`."""
+        for k in axes:
+            if k not in AXES:
+                raise PerfMapError(f"unknown axis {k!r}; axes: {list(AXES)}")
+
+        def ok(r):
+            for k, want in axes.items():
+                vals = want if isinstance(want, (list, tuple, set, frozenset)) else (want,)
+                if r.get(k) not in vals:
+                    return False
+            return True
+
+        return PerfMap(meta=dict(self.meta), records=[r for r in self.records if ok(r)])
+
+    def axes(self, *, usable_only: bool = True) -> dict:
+        """Sorted distinct values of each axis (None excluded) over the (usable) records."""
+        recs = self.usable() if usable_only else self.records
+        out = {}
+        for k in AXES:
+            vals = {r.get(k) for r in recs if r.get(k) is not None}
+            out[k] = sorted(vals)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def load_perfmap(path: str | os.PathLike) -> PerfMap:
+    """Load and validate a perf map JSON file (raises PerfMapError with one line)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise PerfMapError(f"cannot read perf map {p}: {e.strerror or e}") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PerfMapError(f"perf map {p} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    try:
+        return PerfMap.from_dict(d)
+    except PerfMapError as e:
+        raise PerfMapError(f"{p}: {e}") from None
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to path via a temp file in the same folder and os.replace."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def save_perfmap(obj: "PerfMap | dict", path: str | os.PathLike) -> Path:
+    """Validate and write a perf map atomically; nothing is written if it is invalid."""
+    d = obj.to_dict() if isinstance(obj, PerfMap) else obj
+    validate_perfmap(d)
+    atomic_write_text(path, json.dumps(d, indent=1, allow_nan=False) + "\n")
+    return Path(path)
+
+
+def model_entry(shape: ModelShape) -> dict:
+    """The `models[]` entry for a formulas.ModelShape."""
+    return {"name": shape.name, "seq_len": shape.seq_len, "d": shape.d, "heads": shape.heads,
+            "d_ff": shape.d_ff, "n_layers": shape.n_layers,
+            "embed_flops": float(shape.embed_flops), "head_flops": float(shape.head_flops)}
