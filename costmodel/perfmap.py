@@ -132,12 +132,13 @@ class PerfMap:
 
     def usable(self, *, breakdown: bool = False, energy: bool = False,
                strategies: Iterable[str] | None = None) -> list:
-        """Records a model can learn from: no error and a latency; with `breakdown` also
-        all three phase times; with `energy` also a measured energy_j."""
+        """Records a model can learn from: no error, a latency and no `exclude` note (a
+        record kept for reference only, e.g. a paper's run under unstated conditions);
+        with `breakdown` also all three phase times; with `energy` a measured energy_j."""
         strategies = None if strategies is None else set(strategies)
         out = []
         for r in self.records:
-            if r.get("error") or record_latency_ms(r) is None:
+            if r.get("error") or r.get("exclude") or record_latency_ms(r) is None:
                 continue
             if strategies is not None and r["strategy"] not in strategies:
                 continue
