@@ -29,12 +29,15 @@ def launch(argv: Sequence[str], world_size: int, *, master_addr: str = "127.0.0.
            master_port: Optional[int] = None, timeout_s: float = 600.0,
            wrap: Optional[Callable[[int, list], list]] = None,
            env_per_rank: Optional[Callable[[int], dict]] = None,
-           stderr=None) -> str:
+           stderr=None, on_stdout_line: Optional[Callable[[str], None]] = None) -> str:
     """Run `argv` as ranks 0..P-1; return rank 0's stdout. Every child is killed when
     one fails, on timeout, and on KeyboardInterrupt; a failure raises LaunchError with
-    the failing rank's exit code."""
+    the failing rank's exit code. `on_stdout_line` sees each of rank 0's stdout lines as
+    it is printed (streamed results); it has seen all of them when launch returns or
+    raises."""
     port = master_port or free_port()
     procs = []
+    t = None
     try:
         for r in range(world_size):
             env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world_size), LOCAL_RANK=str(r),
@@ -49,7 +52,16 @@ def launch(argv: Sequence[str], world_size: int, *, master_addr: str = "127.0.0.
         out = []
         # drain rank 0's stdout while waiting so a large result cannot block on the pipe
         import threading
-        t = threading.Thread(target=lambda: out.append(procs[0].stdout.read()), daemon=True)
+        def drain():
+            if on_stdout_line is None:
+                out.append(procs[0].stdout.read())
+                return
+            lines = []
+            for ln in procs[0].stdout:
+                lines.append(ln)
+                on_stdout_line(ln.decode())
+            out.append(b"".join(lines))
+        t = threading.Thread(target=drain, daemon=True)
         t.start()
         while True:
             codes = [p.poll() for p in procs]
@@ -73,6 +85,8 @@ def launch(argv: Sequence[str], world_size: int, *, master_addr: str = "127.0.0.
                 except ProcessLookupError:
                     pass
             p.wait()
+        if t is not None:
+            t.join(timeout=10)
 
 
 def self_argv(args: Sequence[str]) -> list:
