@@ -36,7 +36,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--cr", type=float, help="prism compression rate L_p/m, in [1, L_p]")
-    g.add_argument("--m", type=int, help="prism segment means per device, in [1, L_p]")
+    g.add_argument("--m", "--segment-means", dest="m", type=int,
+                   help="prism segment means per device, in [1, L_p] (under torchrun write --segment-means: torchrun would take --m as its own --module)")
     p.add_argument("--no-log-bias", action="store_true", help="prism: plain softmax over means")
     p.add_argument("--averaged", default="output", help="prism: output | ln1")
     p.add_argument("--partition", help="uneven token split, comma separated, e.g. 120,77")

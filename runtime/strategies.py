@@ -17,6 +17,7 @@ import torch
 
 from costmodel.formulas import Plan, make_plan, offsets, segment_sizes
 from .exchange import Exchanger, Timer, gather_rows_to_all
+from .masks import full_token_masks, prism_masks, token_info
 
 _REGISTRY: dict = {}
 
@@ -78,6 +79,8 @@ class Runner:
         ex = Exchanger(ctx.rank, ctx.world_size, ctx.device, ctx.exchange, timer)
         with timer.phase("compute"):
             x = ad.embed(inputs)[:, self.start:self.start + self.rows]
+            # padding / causal biases for this batch (None for adapters without masks)
+            self.masks = self.strategy.masks(self, token_info(ad, inputs))
         for i in range(len(ad.blocks)):
             timer.start_block()
             x = self.strategy.block_step(self, i, x, ex, timer)
@@ -85,8 +88,8 @@ class Runner:
         logits = None
         with timer.phase("compute"):
             xn = ad.final_norm(x)
-            if ctx.rank == 0:
-                logits = ad.head(xn)
+            if ctx.rank == 0 or getattr(ad, "head_per_position", False):
+                logits = ad.head(xn)   # per-position heads (GPT-2): each rank, own rows
         feats = gather_rows_to_all(xn, self.plan.sizes, ctx.rank) if features else None
         return Result(logits, feats, timer.summary(), self.plan)
 
@@ -103,6 +106,17 @@ class Strategy:
     def options(self) -> dict:
         return {}
 
+    def masks(self, run: "Runner", info):
+        """Attention bias over full-token K/V columns (own rows, then every peer's rows
+        in rank order); None when the adapter has no padding and no causal mask."""
+        if info is None:
+            return None
+        sizes, r = run.plan.sizes, run.ctx.rank
+        order = [r] + [q for q in range(len(sizes)) if q != r]
+        starts = offsets(sizes)
+        k_pos = torch.cat([torch.arange(starts[q], starts[q] + sizes[q]) for q in order])
+        return full_token_masks(info, run.start, run.rows, k_pos.to(run.ctx.device))
+
 
 @register_strategy("single")
 class Single(Strategy):
@@ -113,7 +127,7 @@ class Single(Strategy):
 
     def block_step(self, run: Runner, i, x, ex, timer):
         with timer.phase("compute"):
-            return run.adapter.block(i, x)
+            return run.adapter.block(i, x, None, _bias(run))
 
 
 @register_strategy("voltage")
@@ -129,11 +143,15 @@ class Voltage(Strategy):
         ctx, ad = run.ctx, run.adapter
         if ctx.world_size == 1:
             with timer.phase("compute"):
-                return ad.block(i, x)
+                return ad.block(i, x, None, _bias(run))
         parts = ex.exchange(x, run.plan.sizes)
         with timer.phase("compute"):
             remote = torch.cat([p for q, p in enumerate(parts) if q != ctx.rank], dim=1)
-            return ad.block(i, x, ad.kv_input(i, remote))
+            return ad.block(i, x, ad.kv_input(i, remote), _bias(run))
+
+
+def _bias(run: Runner):
+    return None if run.masks is None else run.masks.bias
 
 
 AVERAGED = ("output", "ln1")
@@ -191,17 +209,30 @@ class Prism(Strategy):
         run.bias = None if not bias.any() else bias.view(1, 1, 1, -1)
         return run
 
+    def masks(self, run, info):
+        if info is None or run.ctx.world_size == 1:
+            return super().masks(run, info)
+        plan = run.plan
+        segs = [segment_sizes(plan.sizes[q], run.means_rows[q]) for q in range(run.ctx.world_size)]
+        return prism_masks(info, run.ctx.rank, plan.sizes, segs, self.log_bias,
+                           1 if info.valid is None else info.valid.shape[0],
+                           run.ctx.device)
+
     def block_step(self, run: Runner, i, x, ex, timer):
         ctx, ad = run.ctx, run.adapter
         if ctx.world_size == 1:
             with timer.phase("compute"):
-                return ad.block(i, x)
+                return ad.block(i, x, None, _bias(run))
+        mk = run.masks
         with timer.phase("compute"):
             src = x if self.averaged == "output" else ad.kv_input(i, x)
-            means = torch.matmul(run.avg, src)
+            if mk is not None and mk.weights is not None:   # means over valid rows only
+                means = torch.matmul(mk.weights.to(src.dtype), src)
+            else:
+                means = torch.matmul(run.avg, src)
         parts = ex.exchange(means, run.means_rows)
         with timer.phase("compute"):
             remote = torch.cat([p for q, p in enumerate(parts) if q != ctx.rank], dim=1)
             if self.averaged == "output":
                 remote = ad.kv_input(i, remote)
-            return ad.block(i, x, remote, run.bias)
+            return ad.block(i, x, remote, run.bias if mk is None else mk.bias)
