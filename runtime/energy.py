@@ -161,6 +161,10 @@ def _open_jtop(period_s: float, clock, jtop_interval_s: Optional[float] = None, 
         jetson.start()
         float(jetson.power["tot"]["power"])
     except Exception as e:  # jtop raises its own JtopException when the service is down
+        try:
+            jetson.close()
+        except Exception:
+            pass
         raise MeterUnavailable(f"jtop is installed but not usable: {e}") from e
 
     def read_w() -> float:
