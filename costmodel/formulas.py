@@ -60,6 +60,30 @@ def vit_shape(name: str = "vit_base_patch16_224", *, img_size: int = 224, patch_
     )
 
 
+def bert_shape(name: str = "bert-base", *, seq_len: int = 256, d: int = 768, heads: int = 12,
+               d_ff: int | None = None, n_layers: int = 12, num_classes: int = 0,
+               pooler: bool = True) -> ModelShape:
+    """Shape of a BERT encoder: N = seq_len tokens (CLS included). Embeddings are
+    lookups (0 FLOPs); the head (pooler d x d, classifier d x num_classes) runs once
+    on the CLS row, on device 0."""
+    d_ff = 4 * d if d_ff is None else d_ff
+    head = (2.0 * d * d if pooler else 0.0) + 2.0 * d * num_classes
+    return ModelShape(name=name, seq_len=seq_len, d=d, heads=heads, d_ff=d_ff,
+                      n_layers=n_layers, embed_flops=0.0, head_flops=head)
+
+
+def gpt2_shape(name: str = "gpt2", *, seq_len: int = 256, d: int = 768, heads: int = 12,
+               d_ff: int | None = None, n_layers: int = 12, vocab_size: int = 50257,
+               lm_head: bool = True) -> ModelShape:
+    """Shape of a GPT-2 decoder: N = seq_len tokens. Every device runs the LM head
+    (2 d V FLOPs per token) on its own rows; Plan.flops charges `embed_flops` pro rata
+    to own rows, so the per-token head is carried there (the lookups themselves are 0)."""
+    d_ff = 4 * d if d_ff is None else d_ff
+    per_token = 2.0 * d * vocab_size if lm_head else 0.0
+    return ModelShape(name=name, seq_len=seq_len, d=d, heads=heads, d_ff=d_ff,
+                      n_layers=n_layers, embed_flops=per_token * seq_len, head_flops=0.0)
+
+
 # Known shapes by name (for the torch-free side: cost model, notebooks, decision hook).
 KNOWN_SHAPES = {
     "vit_tiny_patch16_224": dict(d=192, heads=3, n_layers=12),

@@ -47,7 +47,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-size", type=int)
     p.add_argument("--depth", type=int, help="override the number of blocks")
     p.add_argument("--num-classes", type=int)
-    p.add_argument("--checkpoint", help="local weights (.safetensors or torch state dict)")
+    p.add_argument("--checkpoint", help="local weights (.safetensors or torch state dict); "
+                   "BERT/GPT-2: a local from_pretrained folder")
+    p.add_argument("--seq-len", type=int, help="text models (bert-*, gpt2*): tokens N")
+    p.add_argument("--lengths", help="BERT padding: valid tokens per sample, cycled, e.g. 32,20")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--pin", action="store_true", help="pin each rank to its own core")
@@ -68,13 +71,19 @@ def config_from_args(a):
             part = tuple(int(s) for s in a.partition.split(","))
         except ValueError:
             raise UsageError(f"--partition {a.partition!r} must be comma-separated integers")
+    lengths = None
+    if a.lengths:
+        try:
+            lengths = tuple(int(s) for s in a.lengths.split(","))
+        except ValueError:
+            raise UsageError(f"--lengths {a.lengths!r} must be comma-separated integers")
     return RunConfig(
         model=a.model, strategy=a.strategy, world_size=a.world_size, batch=a.batch, cr=a.cr,
         m=a.m, log_bias=not a.no_log_bias, averaged=a.averaged, partition=part,
         exchange=a.exchange, seed=a.seed, img_size=a.img_size, patch_size=a.patch_size,
         depth=a.depth, num_classes=a.num_classes, checkpoint=a.checkpoint, device=a.device,
         threads=a.threads, pin=a.pin, warmup=a.warmup, repeats=a.repeats, timeout_s=a.timeout,
-        trace_dir=a.trace_dir, save_output=a.save_output)
+        trace_dir=a.trace_dir, save_output=a.save_output, seq_len=a.seq_len, lengths=lengths)
 
 
 def run_main(a, argv_tail) -> int:

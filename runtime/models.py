@@ -139,6 +139,8 @@ class ModelSpec:
     depth: Optional[int] = None
     checkpoint: Optional[str] = None
     seed: int = 0
+    seq_len: Optional[int] = None        # text models: tokens N
+    lengths: Optional[tuple] = None      # text models: valid tokens per sample (padding)
 
     def kwargs(self) -> dict:
         kw = {}
@@ -217,9 +219,22 @@ def build_adapter(spec: ModelSpec, device="cpu"):
 def n_tokens(spec: ModelSpec) -> int:
     """Token count of a spec without building weights (meta device)."""
     with torch.device("meta"):
-        ad = build_adapter(ModelSpec(**{**spec.__dict__, "checkpoint": None}), device="meta")
+        ad = build_adapter(shape_spec(spec), device="meta")
     return ad.seq_len
+
+
+def shape_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec to build on the meta device for shapes: timm drops its weights file;
+    text families keep their checkpoint folder (only its config.json is read there)."""
+    if family_of(spec.name) != "timm":
+        return spec
+    return ModelSpec(**{**spec.__dict__, "checkpoint": None})
 
 
 def log_counts(sizes) -> torch.Tensor:
     return torch.tensor([math.log(s) for s in sizes], dtype=torch.float32)
+
+
+# BERT and GPT-2 (Hugging Face transformers) register their families on import; the
+# module imports transformers lazily, so timm-only runs do not pay for it.
+from . import hf_models  # noqa: E402,F401

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import exchange as xch
-from .models import ModelSpec, build_adapter, n_tokens
+from .models import ModelSpec, build_adapter, family_of, n_tokens, shape_spec
 from .strategies import DistContext, create_strategy, list_strategies
 
 log = logging.getLogger("runtime")
@@ -53,11 +53,14 @@ class RunConfig:
     trace_dir: Optional[str] = None
     save_output: Optional[str] = None
     features: bool = False
+    seq_len: Optional[int] = None        # text models (BERT, GPT-2): tokens N
+    lengths: Optional[tuple] = None      # BERT: valid tokens per sample, cycled (padding)
 
     def spec(self) -> ModelSpec:
         return ModelSpec(self.model, img_size=self.img_size, patch_size=self.patch_size,
                          num_classes=self.num_classes, depth=self.depth,
-                         checkpoint=self.checkpoint, seed=self.seed)
+                         checkpoint=self.checkpoint, seed=self.seed, seq_len=self.seq_len,
+                         lengths=self.lengths)
 
     def strategy_options(self) -> dict:
         if self.strategy == "prism":
@@ -87,14 +90,24 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"device={cfg.device!r}; allowed: cpu, cuda, cuda:N")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={cfg.device!r} requested but CUDA is not available here")
-    if cfg.checkpoint and not os.path.isfile(cfg.checkpoint):
+    if cfg.checkpoint and not os.path.exists(cfg.checkpoint):
         raise ValueError(f"checkpoint {cfg.checkpoint!r} does not exist")
+    if (cfg.seq_len is not None or cfg.lengths) and family_of(cfg.model) == "timm":
+        raise ValueError(f"--seq-len/--lengths apply to text models (bert-*, gpt2*, "
+                         f"all-minilm-l6-v2), not to {cfg.model!r}")
     # token count from the model definition (meta device: no weights built)
     n = n_tokens(cfg.spec())
     strat = create_strategy(cfg.strategy, **cfg.strategy_options())
     ad_stub = _ShapeOnly(_shape_of(cfg))
-    strat.plan(ad_stub, DistContext(world_size=cfg.world_size, partition=cfg.partition,
-                                    exchange=cfg.exchange), cfg.batch)
+    plan = strat.plan(ad_stub, DistContext(world_size=cfg.world_size, partition=cfg.partition,
+                                           exchange=cfg.exchange), cfg.batch)
+    if cfg.lengths:
+        lens = [cfg.lengths[b % len(cfg.lengths)] for b in range(cfg.batch)]
+        starts = [sum(plan.sizes[:q]) for q in range(len(plan.sizes))]
+        idle = [q for q in range(len(plan.sizes)) if all(n_ <= starts[q] for n_ in lens)]
+        if idle:
+            raise ValueError(f"partition {list(plan.sizes)} gives device(s) {idle} only padding "
+                             f"for every sample (lengths {lens}); lower --seq-len or set --partition")
     return n
 
 
@@ -105,8 +118,7 @@ class _ShapeOnly:
 
 def _shape_of(cfg: RunConfig):
     with torch.device("meta"):
-        return build_adapter(ModelSpec(**{**cfg.spec().__dict__, "checkpoint": None}),
-                             device="meta").shape
+        return build_adapter(shape_spec(cfg.spec()), device="meta").shape
 
 
 def _setup_threads(cfg: RunConfig, rank: int) -> None:
