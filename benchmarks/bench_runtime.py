@@ -1,0 +1,148 @@
+"""Runtime benchmark on loopback: single vs Voltage vs Prism, and all_gather vs pairwise.
+
+Each rank is its own process pinned to one core with one torch thread. Prints a table
+and writes the full results (per-block breakdowns included) as JSON.
+
+    python benchmarks/bench_runtime.py                     # vit_small, batch 1 8 32
+    python benchmarks/bench_runtime.py --model test_vit --batches 1 2 --repeats 2 --quick
+
+Part 2 times the exchange alone: one block-input-sized exchange per mode, stock
+`dist.all_gather` vs irecv-before-isend pairwise, for a large (19 MB) and a small tensor.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def run_cli(args: list, timeout: float = 1800) -> dict:
+    env = dict(os.environ, PRISM_EDGE_LOG="WARNING")
+    r = subprocess.run([sys.executable, "-m", "runtime", "run", *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"run {' '.join(args)} failed: {r.stderr.strip().splitlines()[-1:]}")
+    return json.loads(r.stdout)
+
+
+def configs(quick: bool):
+    yield "single", ["--strategy", "single", "--world-size", "1"]
+    yield "voltage", ["--strategy", "voltage", "--world-size", "2"]
+    for cr in ((9.9,) if quick else (9.9, 4.95, 3.3)):
+        yield f"prism cr={cr}", ["--strategy", "prism", "--world-size", "2", "--cr", str(cr)]
+
+
+def bench_strategies(a) -> list:
+    rows = []
+    for batch in a.batches:
+        for label, args in configs(a.quick):
+            res = run_cli(["--model", a.model, "--batch", str(batch), "--pin", "--threads", "1",
+                           "--warmup", str(a.warmup), "--repeats", str(a.repeats), *a.extra, *args])
+            r0 = res["ranks"][0]
+            rows.append({"label": label, "batch": batch, "latency_ms": res["latency_ms"]["median"],
+                         "per_sample_ms": res["per_sample_ms"], "compute_ms": r0["compute_ms"],
+                         "staging_ms": r0["staging_ms"], "comm_ms": r0["comm_ms"],
+                         "comm_bytes": r0["comm_bytes"], "seq_len": res["seq_len"],
+                         "m": res["m"], "cr": res["cr"], "result": res})
+            print(f"  {label:<14} batch {batch:>3}: {res['latency_ms']['median']:9.1f} ms",
+                  file=sys.stderr, flush=True)
+    return rows
+
+
+def _exchange_worker(rank, world, port, mode, nbytes, reps, out):
+    import torch
+    import torch.distributed as dist
+
+    from runtime import exchange as xch
+
+    torch.set_num_threads(1)
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[rank % len(os.sched_getaffinity(0))]})
+    xch.init_process_group(rank, world, timeout_s=120, master_addr="127.0.0.1", master_port=port)
+    d = 384
+    rows = max(1, nbytes // (4 * d))
+    t = torch.randn(1, rows, d)
+    ex = xch.Exchanger(rank, world, torch.device("cpu"), mode)
+    times = []
+    for i in range(reps + 1):
+        dist.barrier()
+        t0 = time.perf_counter()
+        ex.exchange(t, [rows] * world)
+        if i:
+            times.append((time.perf_counter() - t0) * 1e3)
+    if rank == 0:
+        out.put(statistics.median(times))
+    xch.destroy()
+
+
+def bench_exchange(world: int, nbytes: int, reps: int) -> dict:
+    import torch.multiprocessing as mp
+
+    from runtime.launch import free_port
+
+    ctx = mp.get_context("spawn")
+    res = {}
+    for mode in ("allgather", "pairwise"):
+        q = ctx.Queue()
+        port = free_port()
+        procs = [ctx.Process(target=_exchange_worker, args=(r, world, port, mode, nbytes, reps, q))
+                 for r in range(world)]
+        for p in procs:
+            p.start()
+        res[mode] = q.get(timeout=600)
+        for p in procs:
+            p.join(timeout=60)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="vit_small_patch16_224")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="only prism CR 9.9")
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                    help="more `runtime run` flags, e.g. --extra --img-size 96 --depth 4")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_runtime.json"))
+    a = ap.parse_args()
+
+    t0 = time.time()
+    rows = bench_strategies(a)
+    exch = {f"P={w} {nb / 1e6:.1f} MB": bench_exchange(w, nb, 5)
+            for w in (2, 3) for nb in (19_000_000, 300_000)}
+
+    print(f"\nRuntime on loopback, {a.model}, one core + one thread per rank "
+          f"(median of {a.repeats}, {os.cpu_count()} CPUs on this host)")
+    hdr = f"{'strategy':<14}{'batch':>6}{'N':>5}{'latency ms':>12}{'per-sample':>11}{'compute':>10}" \
+          f"{'staging':>9}{'comm':>9}{'MB sent':>9}{'vs single':>10}"
+    print(hdr)
+    print("-" * len(hdr))
+    single = {r["batch"]: r["latency_ms"] for r in rows if r["label"] == "single"}
+    for r in rows:
+        print(f"{r['label']:<14}{r['batch']:>6}{r['seq_len']:>5}{r['latency_ms']:>12.1f}"
+              f"{r['per_sample_ms']:>11.1f}{r['compute_ms']:>10.1f}{r['staging_ms']:>9.2f}"
+              f"{r['comm_ms']:>9.1f}{r['comm_bytes'] / 1e6:>9.2f}"
+              f"{r['latency_ms'] / single[r['batch']]:>9.2f}x")
+    print("\nExchange alone (loopback, median of 5): stock all_gather vs pairwise irecv-before-isend")
+    for k, v in exch.items():
+        print(f"  {k:<16} all_gather {v['allgather']:8.2f} ms   pairwise {v['pairwise']:8.2f} ms   "
+              f"ratio {v['allgather'] / v['pairwise']:.2f}")
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    tmp = a.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"schema_version": 1, "model": a.model, "batches": a.batches,
+                   "repeats": a.repeats, "duration_s": time.time() - t0, "rows": rows,
+                   "exchange_ms": exch}, f, indent=1)
+    os.replace(tmp, a.out)
+    print(f"\nwrote {a.out} ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
