@@ -1,2 +1,34 @@
-"""prism-edge cost model: torch-free analytical formulas and a fitted regression."""
+"""prism-edge cost model: torch-free analytical formulas and a fitted regression.
+
+`formulas` is imported eagerly (the runtime needs it); the fitted model, the one-call
+`predict` and the profile registry load scikit-learn/scipy only when first used.
+"""
 from .formulas import ModelShape, Plan, make_plan, shape_for, vit_shape, block_flops  # noqa: F401
+
+__all__ = ["ModelShape", "Plan", "make_plan", "shape_for", "vit_shape", "block_flops",
+           "CostModel", "predict", "list_profiles", "load_profile", "load_perfmap",
+           "save_perfmap", "validate_perfmap", "PerfMap"]
+
+_LAZY = {
+    "CostModel": ("model", "CostModel"),
+    "ModelFileError": ("model", "ModelFileError"),
+    "OutOfRangeWarning": ("model", "OutOfRangeWarning"),
+    "QueryError": ("features", "QueryError"),
+    "predict": ("api", "predict"),
+    "list_profiles": ("api", "list_profiles"),
+    "load_profile": ("api", "load_profile"),
+    "PerfMap": ("perfmap", "PerfMap"),
+    "PerfMapError": ("perfmap", "PerfMapError"),
+    "load_perfmap": ("perfmap", "load_perfmap"),
+    "save_perfmap": ("perfmap", "save_perfmap"),
+    "validate_perfmap": ("perfmap", "validate_perfmap"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{mod}", __name__), attr)
+    raise AttributeError(f"module 'costmodel' has no attribute {name!r}")

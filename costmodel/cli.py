@@ -1,0 +1,163 @@
+"""`python -m costmodel fit | predict | validate | report` — JSON on stdout, logs on stderr.
+
+Exit codes: 0 ok; 1 a check failed (`validate --max-mape`); 2 bad input (one line on
+stderr: unreadable or invalid perf map, corrupt model file, impossible query).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+
+import numpy as np
+
+
+class _Bad(Exception):
+    pass
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _model(a):
+    from .api import load_profile
+    from .model import CostModel
+
+    if getattr(a, "model", None):
+        return CostModel.load(a.model), a.model
+    return load_profile(a.profile), a.profile or "default"
+
+
+def cmd_fit(a) -> dict:
+    from .model import CostModel
+    from .perfmap import load_perfmap
+
+    pm = load_perfmap(a.perfmap)
+    cm = CostModel(unshaped_bw=a.unshaped_bw, residual=not a.no_residual, interval=a.interval)
+    cm.fit(pm)
+    name = a.name or __import__("pathlib").Path(a.out).stem
+    profile = {"name": name, "perfmap": str(a.perfmap), "perfmap_source": pm.source,
+               "description": a.description or f"fitted on {a.perfmap} ({pm.source})",
+               "command": "python -m costmodel fit " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else None}
+    cm.save(a.out, profile=profile)
+    print(f"wrote {a.out} ({cm.training_['n_rows']} rows)", file=sys.stderr)
+    return {"out": str(a.out), "profile": profile, "training": cm.training_, "cv": cm.cv_,
+            "physical": cm.physical_parameters(), "interval": cm.interval_}
+
+
+def cmd_predict(a) -> dict:
+    from .api import predict as api_predict
+    from .model import CostModel
+
+    if a.model:
+        cm = CostModel.load(a.model)
+        ws = 1 if a.strategy == "single" else a.world_size
+        p = cm.predict(a.batch, a.bw, a.cr, strategy=a.strategy, seq_len=a.seq_len, world_size=ws)
+        return {k: float(v) for k, v in p.items()}
+    return api_predict(a.batch, a.bw, a.cr, seq_len=a.seq_len, strategy=a.strategy,
+                       world_size=a.world_size, profile=a.profile)
+
+
+def cmd_validate(a):
+    cm, which = _model(a)
+    s = cm.score(a.perfmap)
+    mape = s["latency"]["mape"]
+    out = {"model": which, "perfmap": a.perfmap, **s}
+    rc = 0
+    if a.max_mape is not None:
+        ok = mape is not None and mape <= a.max_mape
+        out["check"] = {"max_mape": a.max_mape, "latency_mape": mape, "passed": bool(ok)}
+        rc = 0 if ok else 1
+    if s["in_sample"]:
+        print("note: this perf map is the model's training data; the scores are in-sample",
+              file=sys.stderr)
+    return out, rc
+
+
+def cmd_report(a) -> dict:
+    cm, which = _model(a)
+    return {"model": which, "profile": getattr(cm, "profile_", None), "training": cm.training_,
+            "strategies": cm.strategies_, "ranges": cm.ranges_, "physical": cm.physical_parameters(),
+            "residual_weight": cm.residual_weight_, "cv": cm.cv_, "interval": cm.interval_}
+
+
+def _parser():
+    ap = argparse.ArgumentParser(prog="python -m costmodel", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fit", help="fit a cost model on a perf map and save it as JSON")
+    f.add_argument("perfmap")
+    f.add_argument("--out", required=True, help="output JSON (e.g. costmodel/profiles/NAME.json)")
+    f.add_argument("--unshaped-bw", type=float, default=None,
+                   help="Mbit/s assumed for distributed records with bw null (unthrottled link)")
+    f.add_argument("--no-residual", action="store_true", help="calibrated analytical model only")
+    f.add_argument("--interval", type=float, default=0.8, help="prediction-interval coverage (0..1)")
+    f.add_argument("--name", default=None)
+    f.add_argument("--description", default=None)
+    for name in ("predict", "validate", "report"):
+        p = sub.add_parser(name)
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--profile", default=None, help="shipped profile name (list: report --list)")
+        g.add_argument("--model", default=None, help="path of a model JSON written by fit")
+        if name == "predict":
+            p.add_argument("--batch", type=int, required=True)
+            p.add_argument("--bw", type=float, default=None, help="Mbit/s")
+            p.add_argument("--cr", type=float, default=None)
+            p.add_argument("--strategy", default="prism")
+            p.add_argument("--seq-len", type=int, default=None)
+            p.add_argument("--world-size", type=int, default=2)
+        if name == "validate":
+            p.add_argument("perfmap")
+            p.add_argument("--max-mape", type=float, default=None,
+                           help="exit 1 when the latency MAPE (%%) exceeds this")
+        if name == "report":
+            p.add_argument("--list", action="store_true", help="list the shipped profiles")
+    return ap
+
+
+def main(argv=None) -> int:
+    from .features import QueryError
+    from .model import ModelFileError
+    from .perfmap import PerfMapError
+
+    ap = _parser()
+    try:
+        a = ap.parse_args(argv)
+    except SystemExit as e:
+        return 2 if e.code else 0
+    rc = 0
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if a.cmd == "fit":
+                out = cmd_fit(a)
+            elif a.cmd == "predict":
+                out = cmd_predict(a)
+            elif a.cmd == "validate":
+                out, rc = cmd_validate(a)
+            elif getattr(a, "list", False):
+                from .api import list_profiles
+                out = {"profiles": list_profiles()}
+            else:
+                out = cmd_report(a)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+    except (PerfMapError, ModelFileError, QueryError, ValueError) as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    json.dump(_jsonable(out), sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return rc

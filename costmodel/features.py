@@ -1,0 +1,170 @@
+"""Physics features of configurations, vectorised, from the shared formulas (formulas.py).
+
+Everything a plan gives scales linearly with the batch (FLOPs, bytes sent, bytes
+staged), so each distinct (strategy, model shape, world_size, cr, exchange) is resolved
+once with `formulas.make_plan(batch=1)` and multiplied by the batch array. That keeps a
+100k-configuration query at a few hundred plan resolutions at most.
+
+Quantities are those of rank 0, the terminal device whose phase times a perf map
+records (docs/perfmap.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .formulas import ModelShape, make_plan
+
+STRATEGIES = ("single", "voltage", "prism")
+
+
+class QueryError(ValueError):
+    """A configuration the cost model cannot answer (one line, names what is allowed)."""
+
+
+@dataclass(frozen=True)
+class PerSample:
+    """Rank-0 quantities of one sample (batch 1) of a resolved plan."""
+
+    flops: float          # FLOPs of rank 0 (blocks, own embedding, head on rank 0)
+    flops_all: float      # FLOPs of all devices together (energy is paid on every device)
+    rows: int             # query rows rank 0 processes per block
+    n_exchanges: int      # exchanges per forward pass
+    wire_bytes: float     # max(bytes sent, bytes received) by rank 0 per pass
+    staged_bytes: float   # host<->device bytes of rank 0 per pass
+    m: float              # segment means (nan unless prism)
+    cr: float             # resolved compression rate (nan unless prism)
+
+
+def shape_at(base: ModelShape, seq_len: int) -> ModelShape:
+    """`base` at another token count: same dimensions, embedding FLOPs scaled by the
+    number of patch tokens (ViT: seq_len - 1 patches plus CLS)."""
+    seq_len = int(seq_len)
+    if seq_len == base.seq_len:
+        return base
+    if seq_len < 2:
+        raise QueryError(f"seq_len={seq_len} must be an integer >= 2")
+    scale = (seq_len - 1) / max(base.seq_len - 1, 1)
+    return ModelShape(name=base.name, seq_len=seq_len, d=base.d, heads=base.heads,
+                      d_ff=base.d_ff, n_layers=base.n_layers,
+                      embed_flops=base.embed_flops * scale, head_flops=base.head_flops)
+
+
+_CACHE: dict = {}
+
+
+def per_sample(strategy: str, shape: ModelShape, world_size: int, cr: float | None,
+               exchange: str = "pairwise", m: int | None = None) -> PerSample:
+    """Resolve one plan at batch 1 (cached); raises QueryError with one line."""
+    key = (strategy, shape, int(world_size), None if cr is None else float(cr), exchange, m)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    if strategy not in STRATEGIES:
+        raise QueryError(f"unknown strategy {strategy!r}; known: {list(STRATEGIES)}")
+    try:
+        if strategy == "prism":
+            if m is not None:
+                plan = make_plan("prism", shape, world_size=int(world_size), batch=1, m=int(m),
+                                 exchange=exchange)
+            else:
+                if cr is None or not np.isfinite(cr):
+                    raise QueryError("strategy 'prism' needs cr (compression rate L_p/m)")
+                plan = make_plan("prism", shape, world_size=int(world_size), batch=1,
+                                 cr=float(cr), exchange=exchange)
+        else:
+            plan = make_plan(strategy, shape, world_size=1 if strategy == "single" else int(world_size),
+                             batch=1, exchange=exchange)
+    except QueryError:
+        raise
+    except ValueError as e:
+        raise QueryError(str(e)) from None
+    ps = PerSample(
+        flops=plan.flops(0), flops_all=sum(plan.flops(r) for r in range(plan.world_size)),
+        rows=plan.sizes[0], n_exchanges=plan.n_exchanges,
+        wire_bytes=float(max(plan.comm_bytes(0), plan.recv_bytes(0))),
+        staged_bytes=float(plan.staged_bytes(0)),
+        m=float(plan.m) if plan.m is not None else np.nan,
+        cr=float(plan.cr) if plan.cr is not None else np.nan)
+    if len(_CACHE) > 100_000:
+        _CACHE.clear()
+    _CACHE[key] = ps
+    return ps
+
+
+# Columns of the physics feature matrix (one row per configuration).
+FEATURES = ("flops", "flops_all", "rows", "flops_per_row", "n_exchanges", "wire_bytes", "staged_bytes",
+            "comm_ms_nominal", "batch", "bw", "cr", "seq_len", "world_size")
+
+
+def physics(strategy, batch, bw, cr, seq_len, world_size, shape: ModelShape,
+            exchange: str = "pairwise", m=None) -> dict:
+    """Physics features of broadcast configuration arrays (one model shape).
+
+    batch: samples per batch; bw: nominal link rate in Mbit/s (ignored for single);
+    cr: prism compression rate (ignored otherwise); seq_len: tokens N; world_size: P.
+    Returns a dict of float arrays named as FEATURES plus 'strategy' (str array);
+    `comm_ms_nominal` is wire bits / bw in ms, the link time at 100 % efficiency.
+    """
+    strategy, batch, bw, cr, seq_len, world_size = np.broadcast_arrays(
+        np.asarray(strategy, dtype=object), np.asarray(batch, dtype=float),
+        np.asarray(bw, dtype=float), np.asarray(cr, dtype=float),
+        np.asarray(seq_len, dtype=float), np.asarray(world_size, dtype=float))
+    m_arr = None if m is None else np.broadcast_to(np.asarray(m, dtype=object), strategy.shape)
+    shp = strategy.shape
+    strategy, batch, bw, cr, seq_len, world_size = (a.ravel() for a in (strategy, batch, bw, cr, seq_len, world_size))
+    n = strategy.size
+    if n == 0:
+        raise QueryError("empty query")
+    bad = ~np.isfinite(batch) | (batch < 1) | (batch != np.round(batch))
+    if bad.any():
+        raise QueryError(f"batch={batch[bad][0]:g} must be an integer >= 1")
+    if (~np.isfinite(seq_len) | (seq_len < 2) | (seq_len != np.round(seq_len))).any():
+        raise QueryError(f"seq_len must be an integer >= 2, got {seq_len[~np.isfinite(seq_len) | (seq_len < 2) | (seq_len != np.round(seq_len))][0]:g}")
+    is_single = strategy == "single"
+    ws = np.where(is_single, 1.0, world_size)
+    if (~np.isfinite(ws) | (ws < 1) | (ws != np.round(ws))).any():
+        raise QueryError("world_size must be an integer >= 1")
+    dist = ~is_single & (ws > 1)
+    badbw = dist & (~np.isfinite(bw) | (bw <= 0))
+    if badbw.any():
+        raise QueryError(f"bw={bw[badbw][0]:g}: a distributed strategy needs a positive link rate bw in Mbit/s")
+    badbw = np.isfinite(bw) & (bw <= 0)
+    if badbw.any():
+        raise QueryError(f"bw={bw[badbw][0]:g} Mbit/s must be a positive number")
+    is_prism = strategy == "prism"
+    cr_eff = np.where(is_prism, cr, np.nan)
+
+    # resolve each distinct configuration (apart from batch and bw) once
+    keys = np.stack([np.unique(strategy, return_inverse=True)[1].ravel().astype(float),
+                     np.nan_to_num(cr_eff, nan=-1.0), seq_len, ws], axis=1)
+    if m_arr is not None:
+        mm = np.array([-1.0 if v is None else float(v) for v in m_arr.ravel()])
+        keys = np.concatenate([keys, mm[:, None]], axis=1)
+    uniq, first, inv = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    inv = inv.ravel()
+    cols = ("flops", "flops_all", "rows", "n_exchanges", "wire_bytes", "staged_bytes", "m", "cr")
+    per = np.empty((len(uniq), len(cols)))
+    for g, i in enumerate(first):
+        mi = int(keys[i, 4]) if keys.shape[1] > 4 and keys[i, 4] >= 1 else None
+        ps = per_sample(str(strategy[i]), shape_at(shape, int(seq_len[i])), int(ws[i]),
+                        None if not np.isfinite(cr_eff[i]) else float(cr_eff[i]), exchange, mi)
+        per[g] = [getattr(ps, c) for c in cols]
+    out = {c: per[inv, j] for j, c in enumerate(cols)}
+    f = {
+        "strategy": strategy,
+        "flops": out["flops"] * batch,
+        "flops_all": out["flops_all"] * batch,
+        "rows": out["rows"] * batch,
+        "flops_per_row": out["flops"] / out["rows"],
+        "n_exchanges": out["n_exchanges"],
+        "wire_bytes": out["wire_bytes"] * batch,
+        "staged_bytes": out["staged_bytes"] * batch,
+        "batch": batch, "bw": np.where(dist, bw, np.nan), "cr": out["cr"],
+        "m": out["m"], "seq_len": seq_len, "world_size": ws,
+    }
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f["comm_ms_nominal"] = np.where(dist, f["wire_bytes"] * 8.0 / (f["bw"] * 1e6) * 1e3, 0.0)
+    f["_shape"] = shp
+    return f
