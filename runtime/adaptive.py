@@ -361,3 +361,27 @@ def serve_worker(adapter, rank: int, world_size: int, host: str, port: int, *,
             _destroy()
             time.sleep(0.2)
 
+
+
+class TablePolicy:
+    """Adapts a torch-free `costmodel.decision.DecisionTable` to the runner's policy
+    interface: (batch, bw) -> Decision, with m resolved for this model's token count."""
+
+    def __init__(self, table, seq_len: int, world_size: int, default_bw: float = 500.0):
+        import math
+
+        self.table, self.default_bw = table, default_bw
+        self.lp = math.ceil(seq_len / world_size)
+
+    def _bw(self, bw):
+        return self.default_bw if bw is None else bw
+
+    def __call__(self, batch: int, bw: Optional[float]) -> Decision:
+        d = self.table.choose(batch, self._bw(bw))
+        cr = d["cr"]
+        m = None if cr is None else max(1, int(round(self.lp / cr)))
+        return Decision(d["strategy"], cr=cr, m=m, predicted_ms=d["predicted"][d["mode"]]["latency_ms"],
+                        source=d["source"], margin=d["margin"])
+
+    def predict(self, batch: int, bw: Optional[float], dec: Decision) -> Optional[float]:
+        return self.table.predicted(batch, self._bw(bw), dec.strategy, dec.cr)

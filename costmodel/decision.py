@@ -1,0 +1,230 @@
+"""The runtime decision hook: single device or distributed (and at which CR), per batch.
+
+    table = DecisionTable(costmodel.load_profile("jetson-orin-nano"))
+    d = table.choose(8, 500)            # microseconds: a lookup in a precomputed table
+    d["mode"], d["predicted"], d["source"], d["margin"]
+
+Torch-free. A measured perf-map entry for the exact configuration (strategy, cr, batch,
+bw, seq_len, world_size) wins over the model; every other configuration uses the fitted
+cost model. The table is precomputed over a batch x bw grid; a query between grid
+bandwidths takes the nearest lower grid bandwidth (conservative: the link is assumed no
+faster than observed); a query outside the grid is answered by the model directly.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+OBJECTIVES = ("latency", "energy")
+DEFAULT_CANDIDATES = (("single", None), ("voltage", None), ("prism", 3.3), ("prism", 4.95),
+                      ("prism", 9.9))
+
+
+def _label(strategy: str, cr: Optional[float]) -> str:
+    return strategy if cr is None else f"prism(cr={cr:g})"
+
+
+def parse_objective(objective) -> dict:
+    """'latency', 'energy', or a weighting {'latency': w, 'energy': 1 - w} (weights >= 0,
+    not both 0). Latency and energy are normalised by the best candidate before mixing."""
+    if isinstance(objective, str):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; allowed: 'latency', 'energy' "
+                             "or a weighting like {'latency': 0.5, 'energy': 0.5}")
+        return {objective: 1.0}
+    if isinstance(objective, dict) and objective and set(objective) <= set(OBJECTIVES):
+        w = {k: float(v) for k, v in objective.items()}
+        if all(v >= 0 for v in w.values()) and sum(w.values()) > 0:
+            return w
+    raise ValueError(f"objective {objective!r} must be 'latency', 'energy' or a dict of "
+                     "non-negative weights over {'latency', 'energy'}")
+
+
+class DecisionTable:
+    """Precomputed choices over (batch, bw) for one model size and world size.
+
+    model: a fitted costmodel.CostModel. perfmap: optional PerfMap whose exact entries
+    override the model. objective: see parse_objective. max_cr: highest CR the user's
+    accuracy budget accepts (prism candidates above it are dropped).
+    """
+
+    def __init__(self, model, perfmap=None, *, candidates: Sequence = DEFAULT_CANDIDATES,
+                 objective="latency", max_cr: Optional[float] = None, seq_len: Optional[int] = None,
+                 world_size: int = 2, batches: Sequence[int] = tuple(range(1, 65)),
+                 bws: Optional[Sequence[float]] = None, model_name: Optional[str] = None):
+        self.weights = parse_objective(objective)
+        cands = [(s, None if c is None else float(c)) for s, c in candidates]
+        if max_cr is not None:
+            prism = [c for s, c in cands if s == "prism"]
+            if prism and max_cr < min(prism):
+                raise ValueError(f"max_cr={max_cr:g} is below every prism candidate CR "
+                                 f"{sorted(prism)}; allowed: max_cr >= {min(prism):g}")
+            if max_cr < 1:
+                raise ValueError(f"max_cr={max_cr:g} must be >= 1 (CR 1 = exact exchange)")
+            cands = [(s, c) for s, c in cands if c is None or c <= max_cr]
+        if not cands:
+            raise ValueError("no candidates left to choose from")
+        self.model, self.perfmap = model, perfmap
+        self.candidates, self.labels = cands, [_label(s, c) for s, c in cands]
+        self.seq_len, self.world_size, self.model_name = seq_len, world_size, model_name
+        grid = set(np.arange(50, 1001, 10).tolist()) if bws is None else set(map(float, bws))
+        if perfmap is not None:
+            grid |= {float(r["bw"]) for r in perfmap.usable() if r.get("bw")}
+        self.bws = np.array(sorted(grid), float)
+        self.batches = np.array(sorted(set(int(b) for b in batches)), int)
+        self._build()
+
+    # ------------------------------------------------------------------ build
+    def _build(self) -> None:
+        t = self.model.predict_table(self.batches, self.bws, self.candidates, seq_len=self.seq_len,
+                                     world_size=self.world_size, model=self.model_name, warn=False)
+        self.latency = t["latency_ms"].copy()                 # (C, B, W)
+        self.energy = t["energy_j"].copy()
+        self.source = np.zeros(self.latency.shape, dtype=bool)  # True = measured entry
+        if self.perfmap is not None:
+            self._overlay(self.perfmap)
+        self.score = self._score(self.latency, self.energy)
+        order = np.argsort(self.score, axis=0)
+        self.best = order[0]
+        second = order[1] if len(self.candidates) > 1 else order[0]
+        b = np.take_along_axis(self.score, self.best[None], 0)[0]
+        s = np.take_along_axis(self.score, second[None], 0)[0]
+        self.margin = np.where(s > 0, (s - b) / s, 0.0)      # relative gain over the runner-up
+        self._batch_index = {int(b): i for i, b in enumerate(self.batches)}
+
+    def _overlay(self, pm) -> None:
+        from .perfmap import record_latency_ms
+
+        seq = self.seq_len
+        for r in pm.usable():
+            if seq is not None and r["seq_len"] != seq:
+                continue
+            if self.model_name and r["model"] != self.model_name:
+                continue
+            s, cr = r["strategy"], r.get("cr")
+            if s != "single" and r["world_size"] != self.world_size:
+                continue
+            for ci, (cs, cc) in enumerate(self.candidates):
+                if cs != s or (cc is not None and (cr is None or abs(cc - cr) > 0.02)):
+                    continue
+                bi = np.searchsorted(self.batches, r["batch"])
+                if bi >= len(self.batches) or self.batches[bi] != r["batch"]:
+                    continue
+                if s == "single":
+                    wi = slice(None)                            # no link: every bw
+                else:
+                    if r.get("bw") is None:
+                        continue
+                    wj = np.searchsorted(self.bws, float(r["bw"]))
+                    if wj >= len(self.bws) or self.bws[wj] != float(r["bw"]):
+                        continue
+                    wi = wj
+                self.latency[ci, bi, wi] = record_latency_ms(r)
+                e = r.get("energy_j")
+                if e is None:
+                    e = r.get("energy_est_j")
+                if e is not None:
+                    self.energy[ci, bi, wi] = e
+                self.source[ci, bi, wi] = True
+
+    def _score(self, lat, en):
+        score = np.zeros_like(lat)
+        for k, w in self.weights.items():
+            v = lat if k == "latency" else en
+            if k == "energy" and not np.isfinite(v).any():
+                raise ValueError("objective uses energy but the cost model has no energy calibration")
+            v = np.where(np.isfinite(v), v, np.inf)
+            score = score + w * v / np.min(v, axis=0, keepdims=True)
+        return score
+
+    # ------------------------------------------------------------------ query
+    def _index(self, batch, bw):
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise ValueError(f"batch={batch!r} must be an integer >= 1")
+        if bw is None or not (bw > 0) or not math.isfinite(bw):
+            raise ValueError(f"bw={bw!r} must be a bandwidth > 0 in Mbit/s")
+        bi = self._batch_index.get(int(batch))
+        if bi is None or bw < self.bws[0]:
+            return None, None
+        wi = int(np.searchsorted(self.bws, bw, side="right")) - 1
+        return bi, min(wi, len(self.bws) - 1)
+
+    def choose(self, batch: int, bw: float) -> dict:
+        """Best candidate for a batch at a link rate (Mbit/s): mode, strategy, cr, the
+        predicted latency_ms / energy_j of every candidate, source ('profiled' when a
+        measured entry decided it, else 'model') and margin (relative gain, 0..1, over the
+        runner-up in the objective)."""
+        bi, wi = self._index(batch, bw)
+        if bi is None:
+            return self._choose_direct(batch, bw)
+        c = int(self.best[bi, wi])
+        s, cr = self.candidates[c]
+        return {
+            "mode": self.labels[c], "strategy": s, "cr": cr,
+            "predicted": {lab: {"latency_ms": float(self.latency[i, bi, wi]),
+                                "energy_j": _f(self.energy[i, bi, wi]),
+                                "source": "profiled" if self.source[i, bi, wi] else "model"}
+                          for i, lab in enumerate(self.labels)},
+            "source": "profiled" if self.source[c, bi, wi] else "model",
+            "margin": float(self.margin[bi, wi]), "bw_grid": float(self.bws[wi]),
+        }
+
+    def choose_fast(self, batch: int, bw: float) -> tuple:
+        """(strategy, cr) only: the hot path (a dict lookup and a binary search)."""
+        bi = self._batch_index.get(batch)
+        if bi is None or bw < self.bws[0]:
+            d = self.choose(batch, bw)
+            return d["strategy"], d["cr"]
+        wi = min(int(np.searchsorted(self.bws, bw, side="right")) - 1, len(self.bws) - 1)
+        return self.candidates[self.best[bi, wi]]
+
+    def _choose_direct(self, batch, bw) -> dict:
+        lat, en = [], []
+        for s, cr in self.candidates:
+            p = self.model.predict(batch, bw, cr, strategy=s, seq_len=self.seq_len,
+                                   world_size=1 if s == "single" else self.world_size,
+                                   model=self.model_name)
+            lat.append(float(p["latency_ms"]))
+            en.append(float(p["energy_j"]))
+        score = self._score(np.array(lat)[:, None], np.array(en)[:, None])[:, 0]
+        order = np.argsort(score)
+        c = int(order[0])
+        s2 = score[order[1]] if len(order) > 1 else score[c]
+        s, cr = self.candidates[c]
+        return {"mode": self.labels[c], "strategy": s, "cr": cr,
+                "predicted": {lab: {"latency_ms": lat[i], "energy_j": _f(en[i]), "source": "model"}
+                              for i, lab in enumerate(self.labels)},
+                "source": "model", "margin": float((s2 - score[c]) / s2) if s2 > 0 else 0.0,
+                "bw_grid": None}
+
+    def predicted(self, batch: int, bw: float, strategy: str, cr: Optional[float]) -> Optional[float]:
+        """Predicted latency (ms) of one candidate at (batch, bw), for hysteresis."""
+        d = self.choose(batch, bw)
+        return d["predicted"].get(_label(strategy, cr), {}).get("latency_ms")
+
+
+def _f(x):
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+_TABLES: dict = {}
+
+
+def choose(batch: int, bw: float, *, seq_len: Optional[int] = None, objective="latency",
+           max_cr: Optional[float] = None, candidates: Sequence = DEFAULT_CANDIDATES,
+           world_size: int = 2, profile: Optional[str] = None) -> dict:
+    """One-call decision on a shipped profile (see DecisionTable.choose). The table for
+    a (profile, seq_len, objective, max_cr, candidates, world_size) is built on first use
+    and cached, so later calls cost microseconds."""
+    from .api import load_profile
+
+    key = (profile, seq_len, repr(parse_objective(objective)), max_cr, tuple(candidates), world_size)
+    t = _TABLES.get(key)
+    if t is None:
+        t = DecisionTable(load_profile(profile), candidates=candidates, objective=objective,
+                          max_cr=max_cr, seq_len=seq_len, world_size=world_size)
+        _TABLES[key] = t
+    return t.choose(batch, bw)
