@@ -32,6 +32,9 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
+from costmodel.formulas import offsets
+
+from .masks import token_info
 from .strategies import DistContext, create_strategy
 
 log = logging.getLogger("runtime.adaptive")
@@ -42,6 +45,7 @@ CODE_STRATEGY = {v: k for k, v in STRATEGY_CODES.items()}
 DTYPES = [torch.float32, torch.int64, torch.float16, torch.bfloat16, torch.uint8, torch.bool,
           torch.int32]
 HEADER = 32
+ROWS_FLAG = 28     # header slot: 1 = the payload is this worker's embedded rows
 
 
 # --------------------------------------------------------------------------- helpers
@@ -263,19 +267,31 @@ class AdaptiveRunner:
         return RequestResult(idx, batch, dec, executed, ms, self.bw.estimate, logits, fault, scatter)
 
     def _run_distributed(self, dec: Decision, inputs, batch: int):
-        tensors = [t.contiguous() for t in pack_inputs(inputs)]
-        h = _header(OP_RUN, dec.strategy, dec.m or 0, tensors)
-        t0 = time.perf_counter()
-        reqs = [dist.isend(h, q) for q in range(1, self.world_size)]
-        for q in range(1, self.world_size):
-            reqs += [dist.isend(t, q) for t in tensors]
-        for r in reqs:
-            r.wait()
-        nbytes = sum(t.numel() * t.element_size() for t in tensors) * (self.world_size - 1)
-        self.bw.observe(nbytes, time.perf_counter() - t0, "passive")
+        """Tell the workers what to run and send each its input: its own embedded rows
+        (B, L_q, d) for models without masks (ViT: half an image costs more than its
+        rows), else the raw inputs (token ids are small; masks need every position)."""
         opts = {"m": dec.m} if dec.strategy == "prism" else {}
         ctx = DistContext(0, self.world_size, torch.device("cpu"), self.exchange)
-        res = create_strategy(dec.strategy, **opts).apply(self.adapter, ctx, batch)(inputs)
+        runner = create_strategy(dec.strategy, **opts).apply(self.adapter, ctx, batch)
+        by_rows = token_info(self.adapter, inputs) is None
+        if by_rows:
+            full = self.adapter.embed(inputs)
+            starts = offsets(runner.plan.sizes)
+            per_rank = [[full[:, a:a + n].contiguous()] for a, n in zip(starts, runner.plan.sizes)]
+        else:
+            per_rank = [[t.contiguous() for t in pack_inputs(inputs)]] * self.world_size
+        t1 = time.perf_counter()
+        reqs = []
+        for q in range(1, self.world_size):
+            h = _header(OP_RUN, dec.strategy, dec.m or 0, per_rank[q])
+            h[ROWS_FLAG] = int(by_rows)
+            reqs.append(dist.isend(h, q))
+            reqs += [dist.isend(t, q) for t in per_rank[q]]
+        for r in reqs:
+            r.wait()
+        nbytes = sum(t.numel() * t.element_size() for q in range(1, self.world_size) for t in per_rank[q])
+        self.bw.observe(nbytes, time.perf_counter() - t1, "passive")
+        res = runner(rows=per_rank[0][0]) if by_rows else runner(inputs)
         return res.logits, nbytes
 
     def _probe(self) -> None:
@@ -350,10 +366,13 @@ def serve_worker(adapter, rank: int, world_size: int, host: str, port: int, *,
                     continue
                 strategy = CODE_STRATEGY[int(h[1])]
                 opts = {"m": int(h[2])} if strategy == "prism" else {}
-                inputs = unpack_like(input_type, tensors)
                 ctx = DistContext(rank, world_size, torch.device("cpu"), exchange)
+                runner = create_strategy(strategy, **opts).apply(adapter, ctx, tensors[0].shape[0])
                 with torch.inference_mode():
-                    create_strategy(strategy, **opts).apply(adapter, ctx, tensors[0].shape[0])(inputs)
+                    if int(h[ROWS_FLAG]):
+                        runner(rows=tensors[0])
+                    else:
+                        runner(unpack_like(input_type, tensors))
                 served += 1
         except Exception as e:  # noqa: BLE001 - rank 0 went away or the group broke
             log.info("rank %d: group generation %d failed (%s); re-joining", rank, gen,

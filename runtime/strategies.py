@@ -73,14 +73,21 @@ class Runner:
         self.rows = plan.sizes[ctx.rank]
 
     @torch.inference_mode()
-    def __call__(self, inputs: torch.Tensor, *, features: bool = False) -> Result:
+    def __call__(self, inputs=None, *, rows: Optional[torch.Tensor] = None,
+                 features: bool = False) -> Result:
+        """Forward one batch. `rows`: this rank's block-0 input rows, already embedded
+        (the adaptive runner's terminal device embeds and sends them; models without
+        padding or causal masks only); otherwise every rank embeds `inputs` itself."""
         ctx, ad = self.ctx, self.adapter
         timer = Timer(ctx.device, label=ctx.profile_labels)
         ex = Exchanger(ctx.rank, ctx.world_size, ctx.device, ctx.exchange, timer)
         with timer.phase("compute"):
-            x = ad.embed(inputs)[:, self.start:self.start + self.rows]
-            # padding / causal biases for this batch (None for adapters without masks)
-            self.masks = self.strategy.masks(self, token_info(ad, inputs))
+            if rows is not None:
+                x, self.masks = rows, None
+            else:
+                x = ad.embed(inputs)[:, self.start:self.start + self.rows]
+                # padding / causal biases for this batch (None for adapters without masks)
+                self.masks = self.strategy.masks(self, token_info(ad, inputs))
         for i in range(len(ad.blocks)):
             timer.start_block()
             x = self.strategy.block_step(self, i, x, ex, timer)
