@@ -1,0 +1,253 @@
+"""Cost-model benchmark: held-out accuracy, crossovers, adaptive sampling, predict latency.
+
+    python benchmarks/bench_costmodel.py [PERFMAP ...] [--unshaped-bw MBIT] [--synthetic]
+                                         [--quick] [--json OUT]
+
+Default: the Jetson paper map (data/perfmaps/jetson_orin_nano_paper.json, unshaped link
+assumed 1000 Mbit/s). Any perf map path works (the testbed maps when they land);
+`--synthetic` adds a SYNTHETIC map (costmodel.synthetic, labelled as such) to exercise
+the axes the Jetson figures lack.
+
+For every axis with >= 2 values (batch, bw, cr, seq_len, world_size): leave one value
+out, fit on the rest, predict the held-out rows; median APE, P90 APE and the share
+within +-10 % for total latency and each phase, for the hybrid, the calibrated analytical
+model alone, and a random forest on raw features (strategy, batch, bw, cr, seq_len,
+world_size). Rows an axis does not apply to (single's bw/cr) always stay in training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from costmodel.model import CostModel, metrics  # noqa: E402
+from costmodel.perfmap import PerfMap, load_perfmap, record_latency_ms  # noqa: E402
+
+JETSON = REPO / "data" / "perfmaps" / "jetson_orin_nano_paper.json"
+TARGETS = ("latency", "compute", "staging", "comm")
+AXES = ("batch", "bw", "cr", "seq_len", "world_size")
+
+
+def _targets(recs):
+    tot = np.array([record_latency_ms(r) for r in recs])
+    out = {"latency": tot}
+    for p in ("compute", "staging", "comm"):
+        out[p] = np.array([r[f"{p}_ms"] for r in recs], float)
+    return out
+
+
+def _raw_X(recs, unshaped_bw):
+    strategies = ("single", "voltage", "prism")
+    rows = []
+    for r in recs:
+        bw = r.get("bw")
+        if bw is None and r["strategy"] != "single":
+            bw = unshaped_bw
+        rows.append([float(r["strategy"] == s) for s in strategies]
+                    + [r["batch"], bw or 0.0, r.get("cr") or 0.0, r["seq_len"], r["world_size"]])
+    return np.array(rows, float)
+
+
+def _predict(cm, recs, unshaped_bw):
+    out = {t: np.full(len(recs), np.nan) for t in TARGETS}
+    models = np.array([r["model"] for r in recs], dtype=object)
+    for name in np.unique(models):
+        idx = np.flatnonzero(models == name)
+        rs = [recs[i] for i in idx]
+        bw = [r["bw"] if r.get("bw") is not None else (unshaped_bw if r["strategy"] != "single" else np.nan)
+              for r in rs]
+        p = cm.predict(np.array([r["batch"] for r in rs]), np.array(bw, float),
+                       np.array([np.nan if r.get("cr") is None else r["cr"] for r in rs]),
+                       strategy=np.array([r["strategy"] for r in rs], dtype=object),
+                       seq_len=np.array([r["seq_len"] for r in rs]),
+                       world_size=np.array([r["world_size"] for r in rs]), model=name, warn=False)
+        for t in TARGETS:
+            out[t][idx] = p["latency_ms" if t == "latency" else f"{t}_ms"]
+    return out
+
+
+def lovo(pm: PerfMap, *, unshaped_bw, quick: bool) -> dict:
+    """Leave-one-value-out along each axis; pooled predictions per axis per model."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    recs = pm.usable(breakdown=True)
+    Y = _targets(recs)
+    kw = dict(unshaped_bw=unshaped_bw, cv_folds=3 if quick else 5,
+              residual_estimators=60 if quick else 150)
+    res = {}
+    for ax in AXES:
+        vals = sorted({r.get(ax) for r in recs if r.get(ax) is not None})
+        if ax == "world_size":
+            vals = [v for v in vals if v > 1]
+        if len(vals) < 2:
+            continue
+        P = {m: {t: np.full(len(recs), np.nan) for t in TARGETS} for m in ("hybrid", "analytical", "forest")}
+        for v in vals:
+            te = np.array([r.get(ax) == v for r in recs])
+            tr = ~te
+            if tr.sum() < 6:
+                continue
+            train = PerfMap(meta=dict(pm.meta), records=[r for r, t in zip(recs, tr) if t])
+            test = [r for r, t in zip(recs, te) if t]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for name, cm in (("hybrid", CostModel(**kw)), ("analytical", CostModel(residual=False, **kw))):
+                    try:
+                        cm.fit(train)
+                    except ValueError as e:
+                        print(f"  skip {ax}={v} {name}: {e}", file=sys.stderr)
+                        continue
+                    p = _predict(cm, test, unshaped_bw)
+                    for t in TARGETS:
+                        P[name][t][te] = p[t]
+            rf = RandomForestRegressor(n_estimators=100 if quick else 300, random_state=0, n_jobs=1)
+            Ytr = np.stack([Y[t][tr] for t in TARGETS], axis=1)
+            rf.fit(_raw_X([r for r, t in zip(recs, tr) if t], unshaped_bw), Ytr)
+            pr = rf.predict(_raw_X(test, unshaped_bw))
+            for j, t in enumerate(TARGETS):
+                P["forest"][t][te] = pr[:, j]
+        res[ax] = {"values": vals, **{m: {t: metrics(P[m][t], Y[t]) for t in TARGETS} for m in P}}
+    return res
+
+
+def crossovers(cm: CostModel, *, bw_ref: float, batches, cr: float, seq_len=None) -> dict:
+    """Which of single / Prism wins at each batch at bw_ref, and the bw where they cross."""
+    from scipy.optimize import brentq
+
+    out = {"bw_ref": bw_ref, "cr": cr, "winner": {}, "bw_crossover": {}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for b in batches:
+            ps = float(cm.predict(b, bw_ref, cr, strategy="prism", seq_len=seq_len, warn=False)["latency_ms"])
+            si = float(cm.predict(b, None, None, strategy="single", seq_len=seq_len, warn=False)["latency_ms"])
+            out["winner"][int(b)] = "prism" if ps < si else "single"
+
+            def gap(bw):
+                return float(cm.predict(b, bw, cr, strategy="prism", seq_len=seq_len, warn=False)["latency_ms"]) - si
+            lo, hi = 20.0, 5000.0
+            out["bw_crossover"][int(b)] = brentq(gap, lo, hi) if gap(lo) > 0 > gap(hi) else None
+    return out
+
+
+def timing(cm: CostModel) -> dict:
+    import costmodel
+
+    costmodel.predict(8, 500, 9.9)                     # load + warm the cache
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            costmodel.predict(8, 500, 9.9)
+            t.append(time.perf_counter() - t0)
+        rng = np.random.default_rng(0)
+        n = 100_000
+        args = (rng.integers(1, 33, n), rng.uniform(200, 900, n), rng.choice([3.3, 4.95, 9.9], n))
+        strat = rng.choice(np.array(["single", "voltage", "prism"], dtype=object), n)
+        cm.predict(*args, strategy=strat, warn=False)
+        t100 = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            cm.predict(*args, strategy=strat, warn=False)
+            t100.append(time.perf_counter() - t0)
+    return {"scalar_ms_median": float(np.median(t) * 1e3), "vector_100k_s": float(min(t100)),
+            "vector_100k_us_per_config": float(min(t100) / n * 1e6)}
+
+
+def _fmt(m):
+    if not m or m.get("n", 0) == 0:
+        return f"{'-':>6} {'-':>6} {'-':>5}"
+    return f"{m['median_ape']:6.1f} {m['p90_ape']:6.1f} {100 * m['within_10pct']:5.0f}"
+
+
+def print_lovo(name, res):
+    print(f"\n== {name}: leave-one-value-out (median APE % | P90 APE % | % within +-10 %)")
+    hdr = f"{'axis':<10} {'target':<8} | {'hybrid':^20} | {'analytical':^20} | {'random forest':^20}"
+    print(hdr)
+    print("-" * len(hdr))
+    for ax, r in res.items():
+        for t in TARGETS:
+            print(f"{ax:<10} {t:<8} | {_fmt(r['hybrid'][t])} | {_fmt(r['analytical'][t])} | {_fmt(r['forest'][t])}")
+
+
+def run_map(name, pm, unshaped_bw, quick, out):
+    print(f"\n##### {name}: {len(pm.usable(breakdown=True))} usable rows, source={pm.source}")
+    t0 = time.time()
+    res = lovo(pm, unshaped_bw=unshaped_bw, quick=quick)
+    print_lovo(name, res)
+    print(f"(leave-one-value-out took {time.time() - t0:.0f} s)")
+    out["maps"][name] = {"lovo": res}
+    cm = CostModel(unshaped_bw=unshaped_bw).fit(pm)
+    axes = pm.axes()
+    if {"single", "prism"} <= set(axes["strategy"]):
+        crs = axes["cr"]
+        cr = 9.9 if 9.9 in crs else crs[-1]
+        bw_ref = unshaped_bw if unshaped_bw is not None else max(axes["bw"])
+        seq = None if len(axes["seq_len"]) <= 1 else sorted(axes["seq_len"])[len(axes["seq_len"]) // 2]
+        cx = crossovers(cm, bw_ref=bw_ref, batches=axes["batch"], cr=cr, seq_len=seq)
+        out["maps"][name]["crossovers"] = cx
+        print(f"\nadaptive crossover at bw={bw_ref:g} Mbit/s, cr={cr:g}"
+              + (f", seq_len={seq:g}" if seq else "") + ": "
+              + ", ".join(f"b{b}: {w}" for b, w in cx["winner"].items()))
+        print("Prism-vs-single bandwidth crossover (Mbit/s) per batch: "
+              + ", ".join(f"b{b}: {'-' if v is None else f'{v:.0f}'}" for b, v in cx["bw_crossover"].items()))
+    from costmodel import sampling
+    kw = dict(cv_folds=3, residual_estimators=60)
+    t0 = time.time()
+    ad = sampling.simulate(pm, 0.2, unshaped_bw=unshaped_bw, model_kw=kw)
+    rnd = sampling.compare_random(pm, 0.2, unshaped_bw=unshaped_bw, model_kw=kw)
+    out["maps"][name]["sampling"] = {"adaptive": ad, "random": rnd}
+    print(f"\nadaptive sampling, 20 % of {ad['n_grid']} configurations ({ad['n_profiled']} profiled), "
+          f"scored on the rest  [{time.time() - t0:.0f} s]")
+    for lab, r in (("adaptive (mixed)", ad["held_out"]), ("random (3 seeds)", rnd["held_out"])):
+        da = r.get("decision_accuracy")
+        print(f"  {lab:<17} median {r['median_ape']:.1f} %  P90 {r['p90_ape']:.1f} %  "
+              f"within10 {100 * r['within_10pct']:.0f} %  decision acc "
+              + ("-" if da is None else f"{100 * da:.0f} %"))
+    return cm
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("perfmaps", nargs="*", help=f"perf map paths (default {JETSON.relative_to(REPO)})")
+    ap.add_argument("--unshaped-bw", type=float, default=None,
+                    help="Mbit/s for bw-null records (default 1000 for the Jetson paper map)")
+    ap.add_argument("--synthetic", action="store_true", help="also run a SYNTHETIC map")
+    ap.add_argument("--quick", action="store_true", help="smaller models, fewer folds")
+    ap.add_argument("--json", default=None, help="write the results here")
+    a = ap.parse_args(argv)
+    paths = a.perfmaps or [str(JETSON)]
+    out = {"maps": {}}
+    cm = None
+    for p in paths:
+        pm = load_perfmap(p)
+        ub = a.unshaped_bw
+        if ub is None and any(r.get("bw") is None and r["strategy"] != "single" for r in pm.usable()):
+            ub = 1000.0
+            print(f"note: {p} has distributed rows with bw null; assuming the unshaped link is {ub:g} Mbit/s",
+                  file=sys.stderr)
+        cm = run_map(Path(p).name, pm, ub, a.quick, out)
+    if a.synthetic:
+        from costmodel.synthetic import synthetic_perfmap
+        run_map("SYNTHETIC (generated, not measured)", PerfMap.from_dict(synthetic_perfmap()), None, a.quick, out)
+    t = timing(cm)
+    out["timing"] = t
+    print(f"\npredict latency: scalar costmodel.predict() {t['scalar_ms_median']:.2f} ms (median of 200); "
+          f"100k configurations vectorised {t['vector_100k_s']:.2f} s "
+          f"({t['vector_100k_us_per_config']:.2f} us each)")
+    if a.json:
+        from costmodel.perfmap import atomic_write_text
+        atomic_write_text(a.json, json.dumps(out, indent=1, default=lambda x: None) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
