@@ -1,0 +1,848 @@
+"""Profiling sweeps on the emulated network -> a perf map (docs/perfmap.md).
+
+    python -m runtime profile --model vit_tiny_patch16_224 --strategy single,voltage,prism \\
+        --batch 1,2,4 --bw 200,500 --cr 3.3,9.9 --img-size 96,224 --world-size 2 \\
+        --out data/perfmaps/x.json
+
+Speed: ranks are started once per group (model, img_size, world_size, bw), not per
+configuration. The parent sets the rate with tc, measures it with a bulk transfer, then
+launches `python -m runtime profile-worker --plan PLAN.json` in the namespaces; the
+ranks build the model once and loop over the group's (strategy, batch, cr), printing one
+JSON row per configuration on rank 0's stdout. `single` is measured once per (model,
+img_size, batch) on one process, outside the emulated network.
+
+Durability: every row is appended to a JSONL file (flush + fsync) as soon as it is
+measured, keyed by its configuration. A restarted sweep skips keys already present,
+tolerates a torn last line (a SIGKILL mid-write), and so neither loses nor duplicates
+rows. The perf map is written at the end, atomically, from the JSONL file.
+
+A configuration that fails becomes a row with its `error`; the sweep goes on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Iterable, Optional
+
+log = logging.getLogger("runtime.profile")
+
+RAW_KIND = "prism-edge.perfmap.raw"
+RAW_SCHEMA_VERSION = 1
+DEFAULT_CRS = (3.3, 4.95, 9.9)
+DISTRIBUTED = ("voltage", "prism")
+
+
+# --------------------------------------------------------------------------- the sweep
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A resolved profiling sweep. bw in Mbit/s; img_size sets the token count
+    seq_len = (img_size / patch)^2 + 1; world_size lists P for the distributed
+    strategies (single always runs on one device)."""
+
+    models: tuple = ("vit_tiny_patch16_224",)
+    strategies: tuple = ("single", "voltage", "prism")
+    batches: tuple = (1,)
+    bws: tuple = (300.0,)
+    crs: tuple = DEFAULT_CRS
+    img_sizes: tuple = (224,)
+    world_sizes: tuple = (2,)
+    depth: Optional[int] = None
+    patch_size: Optional[int] = None
+    exchange: str = "pairwise"
+    warmup: int = 1
+    repeats: int = 5
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 1
+    delay_ms: float = 0.0
+    testbed: str = "auto"
+    timeout_s: float = 120.0
+    blocks: bool = False
+    meter: str = "auto"
+    power_model: str = "cpu-host-assumed"
+
+    def __post_init__(self):
+        from .strategies import list_strategies
+        from .exchange import EXCHANGES
+        from .testbed import MODES
+
+        def need(cond, msg):
+            if not cond:
+                raise ValueError(msg)
+
+        for axis in ("models", "strategies", "batches", "img_sizes"):
+            need(len(getattr(self, axis)) > 0, f"{axis} is empty; give at least one value")
+        known = list_strategies()
+        for s in self.strategies:
+            need(s in known, f"unknown strategy {s!r}; known: {known}")
+        need(len(set(self.strategies)) == len(self.strategies), f"strategy repeated in {list(self.strategies)}")
+        for b in self.batches:
+            need(isinstance(b, int) and not isinstance(b, bool) and b >= 1, f"batch={b!r} must be an integer >= 1")
+        for bw in self.bws:
+            need(isinstance(bw, (int, float)) and math.isfinite(bw) and bw > 0, f"bw={bw} Mbit/s must be > 0")
+        for cr in self.crs:
+            need(isinstance(cr, (int, float)) and math.isfinite(cr) and cr >= 1, f"cr={cr} must be >= 1")
+        for p in self.world_sizes:
+            need(isinstance(p, int) and p >= 2, f"world_size={p} must be an integer >= 2 "
+                                               "(single runs on one device by itself)")
+        for i in self.img_sizes:
+            need(isinstance(i, int) and i >= 1, f"img_size={i} must be a positive integer")
+        if any(s in self.strategies for s in DISTRIBUTED):
+            need(len(self.bws) > 0, "bw is empty; the distributed strategies need at least one rate")
+            need(len(self.world_sizes) > 0, "world_size is empty; the distributed strategies need P >= 2")
+        if "prism" in self.strategies:
+            need(len(self.crs) > 0, "prism needs at least one cr")
+        need(self.exchange in EXCHANGES, f"unknown exchange {self.exchange!r}; known: {list(EXCHANGES)}")
+        need(self.warmup >= 0 and self.repeats >= 1, f"warmup={self.warmup} must be >= 0 and repeats={self.repeats} >= 1")
+        need(self.testbed in MODES, f"unknown testbed mode {self.testbed!r}; allowed: {list(MODES)}")
+        need(self.delay_ms >= 0, f"delay={self.delay_ms} ms must be >= 0")
+        need(self.timeout_s > 0, f"timeout={self.timeout_s} s must be > 0")
+        need(self.device == "cpu" or self.device.startswith("cuda"),
+             f"device={self.device!r}; allowed: cpu, cuda, cuda:N")
+
+    def protocol(self) -> dict:
+        """What must not change between a sweep and its resumption."""
+        return {"warmup": self.warmup, "repeats": self.repeats, "statistic": "median",
+                "threads_per_rank": self.threads, "exchange": self.exchange, "seed": self.seed,
+                "device": self.device, "depth": self.depth, "patch_size": self.patch_size,
+                "delay_ms": self.delay_ms}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One measured configuration (a perf-map record)."""
+
+    model: str
+    img_size: int
+    world_size: int
+    bw: Optional[float]
+    strategy: str
+    batch: int
+    cr: Optional[float]
+
+    @property
+    def key(self) -> str:
+        bw = "none" if self.bw is None else f"{self.bw:g}"
+        cr = "none" if self.cr is None else f"{self.cr:g}"
+        return (f"{self.model}/img{self.img_size}/P{self.world_size}/bw{bw}/{self.strategy}"
+                f"/cr{cr}/B{self.batch}")
+
+    @property
+    def group(self) -> tuple:
+        return (self.model, self.img_size, self.world_size, self.bw)
+
+
+def model_shape(spec: SweepSpec, model: str, img_size: int):
+    """formulas.ModelShape of a model at an img_size (meta device: no weights)."""
+    import torch
+
+    from .models import ModelSpec, build_adapter
+
+    ms = ModelSpec(model, img_size=img_size, patch_size=spec.patch_size, depth=spec.depth,
+                   num_classes=None, seed=spec.seed)
+    with torch.device("meta"):
+        return build_adapter(ms, device="meta").shape
+
+
+def expand(spec: SweepSpec, *, shaped: bool = True) -> list:
+    """Every configuration of the sweep, in run order: single first, then by world_size,
+    bw, model, img_size, and within a group by strategy, cr, batch. Validates each
+    (model, img_size, world_size, cr) against the token count; raises ValueError."""
+    from costmodel.formulas import make_plan
+
+    shapes = {}
+    for m in spec.models:
+        for i in spec.img_sizes:
+            try:
+                shapes[(m, i)] = model_shape(spec, m, i)
+            except (ValueError, TypeError, RuntimeError) as e:
+                raise ValueError(f"model {m!r} at img_size={i}: {e}") from None
+    out = []
+    if "single" in spec.strategies:
+        for m in spec.models:
+            for i in spec.img_sizes:
+                out += [Config(m, i, 1, None, "single", b, None) for b in spec.batches]
+    dist = [s for s in spec.strategies if s != "single"]
+    if not dist:
+        return out
+    bws = spec.bws if shaped else (None,)
+    for p in spec.world_sizes:
+        for bw in bws:
+            for m in spec.models:
+                for i in spec.img_sizes:
+                    sh = shapes[(m, i)]
+                    for s in dist:
+                        crs = spec.crs if s == "prism" else (None,)
+                        for cr in crs:
+                            try:
+                                make_plan(s, sh, world_size=p, batch=1, cr=cr, exchange=spec.exchange)
+                            except ValueError as e:
+                                raise ValueError(f"{s} on {m} img_size={i} (seq_len={sh.seq_len}) "
+                                                 f"at world_size={p}: {e}") from None
+                            out += [Config(m, i, p, bw, s, b, cr) for b in spec.batches]
+    return out
+
+
+# --------------------------------------------------------------------------- raw JSONL
+
+class RawLog:
+    """Append-only JSONL of measured rows: a header line, then one row per line.
+
+    Every append is flushed and fsynced. On open, a torn last line (writer killed mid
+    line) is cut off so the next append starts on a fresh line; rows are keyed by
+    `key` and the last row of a key wins."""
+
+    def __init__(self, path: str, protocol: dict):
+        self.path, self.protocol = path, protocol
+        self.rows: dict = {}
+        self.header: Optional[dict] = None
+        self._f = None
+        self._load()
+
+    def _load(self) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, "rb") as f:
+            data = f.read()
+        good_end = 0
+        pos = 0
+        torn = 0
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            if nl < 0:                      # no newline: the writer died mid line
+                torn += 1
+                break
+            line = data[pos:nl]
+            pos = nl + 1
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                torn += 1                   # keep scanning: later lines are still good
+                continue
+            good_end = pos
+            if obj.get("kind") == RAW_KIND:
+                self.header = obj
+            elif isinstance(obj, dict) and "key" in obj:
+                self.rows[obj["key"]] = obj
+        if torn:
+            log.warning("raw log %s: dropped %d torn line(s) (a killed writer)", self.path, torn)
+        if good_end < len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(good_end)
+                f.flush()
+                os.fsync(f.fileno())
+        if self.header is not None and self.header.get("protocol") != self.protocol:
+            raise ValueError(f"raw log {self.path} was started with protocol {self.header.get('protocol')}, "
+                             f"not {self.protocol}; use the same settings or another --raw file")
+
+    def append(self, row: dict) -> None:
+        if self._f is None:
+            d = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(d, exist_ok=True)
+            self._f = open(self.path, "a", encoding="utf-8")
+            if self.header is None:
+                self.header = {"kind": RAW_KIND, "schema_version": RAW_SCHEMA_VERSION,
+                               "protocol": self.protocol, "created": _now()}
+                self._write(self.header)
+        self._write(row)
+        self.rows[row["key"]] = row
+
+    def _write(self, obj: dict) -> None:
+        self._f.write(json.dumps(obj, allow_nan=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+# --------------------------------------------------------------------------- worker (ranks)
+
+def _die_with_parent() -> None:
+    """A rank dies when the sweep process dies (even by SIGKILL): no orphan keeps
+    measuring, and a resumed sweep never races a leftover one."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)            # PR_SET_PDEATHSIG
+        if os.getppid() == 1:
+            os._exit(1)
+    except Exception:  # noqa: BLE001 - not Linux: best effort
+        pass
+
+
+def _error_row(c: dict, plan_meta: dict, msg: str, seq_len=None) -> dict:
+    return {"key": c["key"], "strategy": c["strategy"], "model": plan_meta["model"],
+            "seq_len": seq_len, "img_size": plan_meta.get("img_size"),
+            "world_size": plan_meta["world_size"], "batch": c["batch"],
+            "cr": c.get("cr"), "cr_requested": c.get("cr"), "m": None,
+            "exchange": plan_meta["exchange"], "partition": None, "latency_ms": None,
+            "per_sample_ms": None, "compute_ms": None, "staging_ms": None, "comm_ms": None,
+            "comm_bytes": None, "staged_bytes": None, "energy_j": None, "energy_est_j": None,
+            "energy_source": "none", "energy_model": None, "error": msg}
+
+
+def _energy_tools(plan: dict, rank: int):
+    """(meter or None, estimator or None) — runtime.energy when installed."""
+    try:
+        from . import energy
+    except ImportError:
+        return None, None       # TODO(energy): runtime.energy not installed: energy fields stay null
+    meter = None
+    if rank == 0:
+        try:
+            meter = energy.open_meter(plan.get("meter", "auto"))
+        except Exception as e:  # noqa: BLE001 - an explicit meter that is absent: record none
+            log.warning("energy meter %r unavailable: %s", plan.get("meter"), e)
+    pm = energy.POWER_MODELS.get(plan.get("power_model", "cpu-host-assumed"))
+
+    def estimate(phases: dict, ws: int):
+        if pm is None:
+            return None, None
+        return energy.estimate_energy_j(phases, ws, model=pm)
+    return meter, estimate
+
+
+def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
+    """Measure every configuration of one group on this rank; rank 0 calls emit(row)."""
+    import numpy as np
+    import torch
+
+    from . import exchange as xch
+    from .models import ModelSpec, build_adapter
+    from .run import _median_timing
+    from .strategies import DistContext, create_strategy
+
+    torch.set_num_threads(plan.get("threads", 1))
+    device = torch.device(plan.get("device", "cpu"))
+    adapter = build_adapter(ModelSpec(plan["model"], img_size=plan["img_size"],
+                                      patch_size=plan.get("patch_size"), depth=plan.get("depth"),
+                                      seed=plan["seed"]), device)
+    seq_len = adapter.shape.seq_len
+    meter, estimate = _energy_tools(plan, rank)
+    inputs = {}
+    warmup, repeats = plan["warmup"], plan["repeats"]
+    for c in plan["configs"]:
+        b = c["batch"]
+        try:    # planning is deterministic: every rank fails the same way, no collective yet
+            opts = {"cr": c["cr"]} if c["strategy"] == "prism" else {}
+            ctx = DistContext(rank, world_size, device, plan["exchange"])
+            runner = create_strategy(c["strategy"], **opts).apply(adapter, ctx, b)
+        except (ValueError, TypeError) as e:
+            if rank == 0:
+                emit(_error_row(c, plan, f"{type(e).__name__}: {e}", seq_len))
+            continue
+        if b not in inputs:
+            inputs[b] = adapter.make_inputs(b, plan["seed"], device)
+        x = inputs[b]
+        for _ in range(warmup):
+            runner(x)
+        lat, timings, res = [], [], None
+        if meter is not None:
+            meter.start()
+        for _ in range(repeats):
+            if world_size > 1:
+                torch.distributed.barrier()
+            t0 = time.perf_counter()
+            res = runner(x)
+            lat.append((time.perf_counter() - t0) * 1e3)
+            timings.append(res.timing)
+        joules = meter.stop() if meter is not None else None
+        mine = {"rank": rank, "latency_ms": lat, "timing": _median_timing(timings)}
+        every = xch.gather_json(mine, rank, world_size)
+        if rank != 0:
+            continue
+        p = res.plan
+        e2e = [max(r["latency_ms"][i] for r in every) for i in range(repeats)]
+        med = float(statistics.median(e2e))
+        tot = every[0]["timing"]["totals"]
+        row = {
+            "key": c["key"], "strategy": c["strategy"], "model": plan["model"], "seq_len": seq_len,
+            "img_size": plan["img_size"], "world_size": world_size, "batch": b, "cr": p.cr, "cr_requested": c.get("cr"),
+            "m": p.m, "exchange": plan["exchange"], "partition": list(p.sizes),
+            "latency_ms": {"median": med, "p10": float(np.percentile(e2e, 10)),
+                           "p90": float(np.percentile(e2e, 90)), "n": len(e2e),
+                           "samples": [round(v, 4) for v in e2e]},
+            "per_sample_ms": med / b,
+            "compute_ms": tot["compute_ms"], "staging_ms": tot["staging_ms"], "comm_ms": tot["comm_ms"],
+            "comm_bytes": int(tot["comm_bytes"]), "staged_bytes": int(tot["staged_bytes"]),
+            "comm_bytes_predicted": p.comm_bytes(0),
+            "energy_j": None, "energy_est_j": None, "energy_source": "none", "energy_model": None,
+            "ranks": [{"rank": r["rank"], **r["timing"]["totals"]} for r in every],
+            "error": None,
+        }
+        if joules is not None and joules > 0:
+            row["energy_j"], row["energy_source"] = joules / repeats, meter.source
+        if estimate is not None:
+            phases = {k: [r["timing"]["totals"][k] for r in every]
+                      for k in ("compute_ms", "staging_ms", "comm_ms")}
+            est, label = estimate({**phases, "wall_ms": med}, world_size)
+            if est and est > 0:
+                row["energy_est_j"], row["energy_model"] = float(est), label
+        if plan.get("blocks"):
+            row["blocks"] = every[0]["timing"]["blocks"]
+        emit(row)
+
+
+def add_worker_args(p) -> None:
+    p.add_argument("--plan", required=True, help="group plan JSON written by `profile`")
+
+
+def worker_main(a, argv_tail) -> int:
+    from . import exchange as xch
+
+    _die_with_parent()
+    with open(a.plan) as f:
+        plan = json.load(f)
+    rank, ws = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if ws != plan["world_size"]:
+        raise RuntimeError(f"WORLD_SIZE={ws} but the plan is for world_size={plan['world_size']}")
+    if ws > 1:
+        xch.init_process_group(rank, ws, timeout_s=plan["timeout_s"])
+    try:
+        run_group(plan, rank, ws, lambda row: print(json.dumps(row, allow_nan=False), flush=True))
+    finally:
+        xch.destroy()
+    return 0
+
+
+# --------------------------------------------------------------------------- the parent
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def environment(link_emulation) -> dict:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    cpu = ln.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"torch": torch.__version__, "python": platform.python_version(),
+            "kernel": platform.release(), "os": platform.platform(), "cpu": cpu,
+            "cpu_count": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "gpu": gpu, "link_emulation": link_emulation}
+
+
+class Sweep:
+    """Runs a SweepSpec, appending rows to `raw_path` and writing the perf map `out`."""
+
+    def __init__(self, spec: SweepSpec, out: str, raw_path: Optional[str] = None,
+                 prefix: str = "pe", progress: bool = True):
+        self.spec, self.out = spec, out
+        self.raw_path = raw_path or (os.path.splitext(out)[0] + ".raw.jsonl")
+        self.prefix, self.progress = prefix, progress
+        self.links: dict = {}         # world_size -> testbed link (without the rate)
+        self.link_checks: list = []
+
+    # ---------------------------------------------------------------- preparation
+    def prepare(self) -> None:
+        """Validate everything that can be checked before a process starts: axes, token
+        counts, namespace permissions, the raw log's protocol. Raises ValueError."""
+        from .testbed import TestbedError, resolve_mode
+
+        need_net = any(s in DISTRIBUTED for s in self.spec.strategies)
+        self.mode = None
+        if need_net:
+            try:
+                self.mode = resolve_mode(self.spec.testbed)
+            except TestbedError as e:
+                raise ValueError(str(e)) from None
+        self.configs = expand(self.spec, shaped=self.mode != "loopback")
+        keys = [c.key for c in self.configs]
+        assert len(keys) == len(set(keys)), "duplicate configuration keys"
+        self.raw = RawLog(self.raw_path, self.spec.protocol())
+        if os.path.isdir(self.out):
+            raise ValueError(f"--out {self.out} is a directory; give a .json file path")
+
+    def pending(self) -> list:
+        return [c for c in self.configs if c.key not in self.raw.rows]
+
+    # ---------------------------------------------------------------- running
+    def run(self) -> dict:
+        from .launch import LaunchError, self_argv
+        from .testbed import Testbed, TestbedError
+
+        todo = self.pending()
+        done0 = len(self.configs) - len(todo)
+        if done0:
+            log.info("resuming: %d of %d configurations already in %s", done0, len(self.configs), self.raw_path)
+        bar = None
+        if self.progress and todo:
+            from tqdm import tqdm
+            bar = tqdm(total=len(todo), file=sys.stderr, unit="cfg", dynamic_ncols=True,
+                       desc="profile", smoothing=0.1)
+        self._bar = bar
+        self._t_last = time.monotonic()
+        os.makedirs(os.path.dirname(os.path.abspath(self.raw_path)), exist_ok=True)
+        stderr_log = open(self.raw_path + ".ranks.log", "ab")
+        tmpdir = tempfile.mkdtemp(prefix="pe-profile-")
+        try:
+            groups = {}
+            for c in todo:
+                groups.setdefault(c.group, []).append(c)
+            singles = [g for g in groups if g[2] == 1]
+            for g in singles:
+                self._run_group(g, groups[g], None, tmpdir, stderr_log)
+            by_ws = {}
+            for g in groups:
+                if g[2] > 1:
+                    by_ws.setdefault(g[2], []).append(g)
+            for ws, gs in by_ws.items():
+                bws = sorted({g[3] for g in gs}, key=lambda v: -1 if v is None else v)
+                first_bw = bws[0] if bws[0] is not None else None
+                with Testbed(ws, first_bw, delay_ms=self.spec.delay_ms, mode=self.mode,
+                             prefix=self.prefix) as tb:
+                    for bw in bws:
+                        if bw is not None:
+                            tb.set_bw(bw)
+                            mbps = tb.measure_bw()
+                            self.link_checks.append({"world_size": ws, "bw": bw,
+                                                     "bw_measured": round(mbps, 3)})
+                            log.info("P=%d bw=%g Mbit/s: measured %.1f Mbit/s", ws, bw, mbps)
+                        link = dict(tb.link)
+                        self.links[ws] = {k: v for k, v in link.items()
+                                          if k not in ("bw", "bw_requested", "bw_measured",
+                                                       "shaper_rate_mbit", "bw_measured_bytes")}
+                        for g in [g for g in gs if g[3] == bw]:
+                            self._run_group(g, groups[g], tb, tmpdir, stderr_log)
+        finally:
+            stderr_log.close()
+            if bar is not None:
+                bar.close()
+            self.raw.close()
+            for fn in os.listdir(tmpdir):
+                os.unlink(os.path.join(tmpdir, fn))
+            os.rmdir(tmpdir)
+        return self.write_map()
+
+    def _record(self, row: dict, link: Optional[dict], bw) -> None:
+        now = time.monotonic()
+        row["wall_s"] = round(now - self._t_last, 4)
+        self._t_last = now
+        row["bw"] = bw
+        row["bw_measured"] = link.get("bw_measured") if link else None
+        row["link"] = link
+        row["img_size"] = row.get("img_size") or self._cur_img
+        row["created"] = _now()
+        self.raw.append(row)
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def _run_group(self, g, configs: list, tb, tmpdir: str, stderr_log) -> None:
+        from .launch import LaunchError, launch, self_argv
+        from .testbed import TestbedError
+
+        model, img, ws, bw = g
+        self._cur_img = img
+        link = dict(tb.link) if tb is not None else None
+        if link is not None and link.get("bw") is None:
+            bw = None             # loopback: unshaped, recorded as such
+        remaining = list(configs)
+        attempts, failed_in_a_row = {}, 0   # each configuration gets two launches
+        while remaining:
+            plan = {"model": model, "img_size": img, "patch_size": self.spec.patch_size,
+                    "depth": self.spec.depth, "seed": self.spec.seed, "world_size": ws,
+                    "exchange": self.spec.exchange, "warmup": self.spec.warmup,
+                    "repeats": self.spec.repeats, "timeout_s": self.spec.timeout_s,
+                    "device": self.spec.device, "threads": self.spec.threads,
+                    "blocks": self.spec.blocks, "meter": self.spec.meter,
+                    "power_model": self.spec.power_model,
+                    "configs": [{"key": c.key, "strategy": c.strategy, "batch": c.batch, "cr": c.cr}
+                                for c in remaining]}
+            path = os.path.join(tmpdir, f"plan-{abs(hash(g))}.json")
+            with open(path, "w") as f:
+                json.dump(plan, f)
+            wanted = {c.key for c in remaining}
+            got = []
+            state = {"open": True}
+
+            def on_line(line: str) -> None:
+                if not state["open"]:
+                    return
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    log.warning("rank 0 printed a non-JSON line: %r", line[:200])
+                    return
+                if not isinstance(row, dict) or row.get("key") not in wanted or row["key"] in got:
+                    return
+                got.append(row["key"])
+                self._record(row, link, bw)
+
+            argv = self_argv(["profile-worker", "--plan", path])
+            n = len(remaining)
+            budget = 120 + self.spec.timeout_s * n * (self.spec.warmup + self.spec.repeats + 1)
+            err = None
+            try:
+                if tb is None:
+                    launch(argv, 1, timeout_s=budget, stderr=stderr_log, on_stdout_line=on_line,
+                           wrap=_pin_wrap, env_per_rank=lambda r: {"OMP_NUM_THREADS": "1"})
+                else:
+                    tb.launch(argv, budget, stderr=stderr_log, on_stdout_line=on_line)
+            except (LaunchError, TestbedError, OSError) as e:
+                err = f"{type(e).__name__}: {e}"
+            finally:
+                state["open"] = False
+            remaining = [c for c in remaining if c.key not in got]
+            if err is None and not remaining:
+                return
+            if err is None:
+                err = "ranks exited without measuring this configuration"
+            err += _tail(self.raw_path + ".ranks.log")
+            if got:
+                failed_in_a_row = 0
+            c = remaining[0]      # the configuration that was running when it failed
+            attempts[c.key] = attempts.get(c.key, 0) + 1
+            if attempts[c.key] < 2:
+                log.warning("%s: ranks failed (%s); retrying once", c.key, err)
+                continue
+            failed_in_a_row += 1
+            give_up = failed_in_a_row >= 3
+            for c in (remaining if give_up else remaining[:1]):
+                log.warning("%s failed: %s", c.key, err)
+                self._record(_error_row({"key": c.key, "strategy": c.strategy, "batch": c.batch, "cr": c.cr},
+                                        {"model": model, "world_size": ws, "exchange": self.spec.exchange,
+                                         "img_size": img},
+                                        err if not give_up else f"group abandoned after 3 failed "
+                                        f"configurations in a row: {err}", self._seq_len(model, img)),
+                             link, bw)
+            if give_up:
+                return
+            remaining = remaining[1:]
+
+    def _seq_len(self, model: str, img: int) -> int:
+        return model_shape(self.spec, model, img).seq_len
+
+    # ---------------------------------------------------------------- the perf map
+    def build_map(self) -> dict:
+        sp = self.spec
+        records = []
+        for c in self.configs:
+            row = self.raw.rows.get(c.key)
+            if row is not None:
+                records.append({k: v for k, v in row.items() if k not in ("created",)})
+        models, seen = [], set()
+        from costmodel.perfmap import model_entry
+
+        for m in sp.models:
+            for i in sp.img_sizes:
+                sh = model_shape(sp, m, i)
+                if (sh.name, sh.seq_len) not in seen:
+                    seen.add((sh.name, sh.seq_len))
+                    models.append({**model_entry(sh), "img_size": i})
+        for r in records:      # error rows written before the token count was known
+            if r.get("seq_len") is None:
+                r["seq_len"] = self._seq_len(r["model"], r["img_size"])
+        links = {str(k): v for k, v in sorted(self.links.items())}
+        if not links:     # everything was resumed: take the link description from the rows
+            for r in records:
+                if r.get("link") and str(r["world_size"]) not in links:
+                    links[str(r["world_size"])] = {k: v for k, v in r["link"].items()
+                                                   if k not in ("bw", "bw_requested", "bw_measured",
+                                                                "shaper_rate_mbit", "bw_measured_bytes")}
+        checks = self.link_checks or _checks_from(records)
+        ncores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        ws_all = sorted({r["world_size"] for r in records} | set(sp.world_sizes if any(
+            s in DISTRIBUTED for s in sp.strategies) else ()) | ({1} if "single" in sp.strategies else set()))
+        mode = self.mode or "none"
+        return {
+            "schema_version": 1, "kind": "prism-edge.perfmap", "source": "measured",
+            "created": _now(),
+            "units": {"latency_ms": "ms", "per_sample_ms": "ms", "compute_ms": "ms",
+                      "staging_ms": "ms", "comm_ms": "ms", "bw": "Mbit/s (TCP payload)",
+                      "bw_measured": "Mbit/s", "energy_j": "J", "energy_est_j": "J",
+                      "comm_bytes": "bytes", "staged_bytes": "bytes", "wall_s": "s",
+                      "duration_s": "s"},
+            "environment": environment(links),
+            "cluster": {"world_sizes": ws_all,
+                        "devices": f"P ranks as processes on one host ({ncores} usable cores), "
+                                   "one core and one torch thread per rank"
+                                   + (" (cores shared when P > cores)" if max(ws_all) > (ncores or 1) else ""),
+                        "link": {"netns": "veth + bridge in network namespaces, tc tbf both directions",
+                                 "unshare": "veth + bridge in unprivileged user+net namespaces, tc tbf both directions",
+                                 "loopback": "loopback, UNSHAPED (bw null)",
+                                 "none": "no link (single only)"}[mode],
+                        "testbed_mode": mode, "link_checks": checks},
+            "models": models,
+            "protocol": {**sp.protocol(), "pinning": "one core per rank (taskset), rank r -> core r mod cores",
+                         "latency": "per repeat, the slowest rank's time for one batch after a barrier",
+                         "phases": "rank 0 per-phase totals, median over repeats",
+                         "energy": f"meter={sp.meter}; estimate power model={sp.power_model}",
+                         "single": "one process, no link, pinned to core 0"},
+            "sweep": {"axes": {"strategy": list(sp.strategies), "model": list(sp.models),
+                               "batch": list(sp.batches),
+                               "bw": list(sp.bws) if mode not in ("loopback",) else [None],
+                               "cr": list(sp.crs) if "prism" in sp.strategies else [],
+                               "img_size": list(sp.img_sizes),
+                               "seq_len": sorted({m["seq_len"] for m in models}),
+                               "world_size": ws_all},
+                      "n_configs": len(self.configs), "n_records": len(records),
+                      "n_errors": sum(1 for r in records if r.get("error")),
+                      "duration_s": round(sum(r.get("wall_s", 0.0) for r in records), 2),
+                      "duration_note": "sum of the wall time attributed to each record (set-up, "
+                                       "rate checks, launches and measurement), over all sessions",
+                      "raw": os.path.basename(self.raw_path)},
+            "records": records,
+        }
+
+    def write_map(self) -> dict:
+        from costmodel.perfmap import save_perfmap
+
+        missing = [c.key for c in self.configs if c.key not in self.raw.rows]
+        if missing:
+            raise RuntimeError(f"{len(missing)} configurations have no row (first: {missing[0]})")
+        d = self.build_map()
+        save_perfmap(d, self.out)
+        return d
+
+
+def _checks_from(records: list) -> list:
+    seen, out = set(), []
+    for r in records:
+        k = (r["world_size"], r.get("bw"))
+        if r.get("bw") is not None and k not in seen and r.get("bw_measured") is not None:
+            seen.add(k)
+            out.append({"world_size": r["world_size"], "bw": r["bw"], "bw_measured": r["bw_measured"]})
+    return out
+
+
+def _pin_wrap(rank: int, argv: list) -> list:
+    import shutil
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if cpus and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpus[rank % len(cpus)])] + argv
+    return argv
+
+
+def _tail(path: str, n: int = 300) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - n))
+            t = f.read().decode(errors="replace").strip().splitlines()
+        return f" | ranks' stderr: {t[-1][:200]}" if t else ""
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _list(kind, name):
+    def parse(s: str):
+        out = []
+        for tok in s.split(","):
+            tok = tok.strip()
+            if not tok:
+                continue
+            try:
+                out.append(kind(tok))
+            except ValueError:
+                raise ValueError(f"--{name} value {tok!r} is not a{'n integer' if kind is int else ' number'}")
+        return tuple(out)
+    return parse
+
+
+def add_profile_args(p) -> None:
+    p.add_argument("--model", "--models", dest="models", default="vit_tiny_patch16_224",
+                   help="comma-separated timm ViT names")
+    p.add_argument("--strategy", "--strategies", dest="strategies", default="single,voltage,prism")
+    p.add_argument("--batch", "--batches", dest="batches", default="1")
+    p.add_argument("--bw", "--bws", dest="bws", default="300", help="link rates, Mbit/s")
+    p.add_argument("--cr", "--crs", dest="crs", default=",".join(f"{c:g}" for c in DEFAULT_CRS),
+                   help="prism compression rates L_p/m")
+    p.add_argument("--img-size", "--img-sizes", dest="img_sizes", default="224",
+                   help="token counts via image size: seq_len = (img/patch)^2 + 1")
+    p.add_argument("--world-size", "--world-sizes", dest="world_sizes", default="2",
+                   help="devices P for voltage/prism")
+    p.add_argument("--depth", type=int, help="override the number of blocks (tiny test models)")
+    p.add_argument("--patch-size", type=int)
+    p.add_argument("--exchange", default="pairwise", help="pairwise | allgather")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--delay", type=float, default=0.0, help="one-way delay, ms (netem where available)")
+    p.add_argument("--testbed", default="auto", help="auto | netns | unshare | loopback")
+    p.add_argument("--timeout", type=float, default=120.0, help="process-group timeout, s")
+    p.add_argument("--blocks", action="store_true", help="keep rank 0's per-block breakdown")
+    p.add_argument("--meter", default="auto", help="energy meter: auto | jtop | ina3221 | rapl | none")
+    p.add_argument("--power-model", default="cpu-host-assumed", help="power model of energy_est_j")
+    p.add_argument("--out", required=True, help="perf map JSON to write")
+    p.add_argument("--raw", help="raw JSONL (default: <out>.raw.jsonl); resumed when it exists")
+    p.add_argument("--prefix", default="pe", help="namespace name prefix")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def spec_from_args(a) -> SweepSpec:
+    return SweepSpec(
+        models=tuple(s.strip() for s in a.models.split(",") if s.strip()),
+        strategies=tuple(s.strip() for s in a.strategies.split(",") if s.strip()),
+        batches=_list(int, "batch")(a.batches), bws=_list(float, "bw")(a.bws),
+        crs=_list(float, "cr")(a.crs), img_sizes=_list(int, "img-size")(a.img_sizes),
+        world_sizes=_list(int, "world-size")(a.world_sizes), depth=a.depth,
+        patch_size=a.patch_size, exchange=a.exchange, warmup=a.warmup, repeats=a.repeats,
+        seed=a.seed, device=a.device, delay_ms=a.delay, testbed=a.testbed, timeout_s=a.timeout,
+        blocks=a.blocks, meter=a.meter, power_model=a.power_model)
+
+
+def profile_main(a, argv_tail) -> int:
+    from .cli import UsageError
+
+    try:
+        spec = spec_from_args(a)
+        if a.meter not in ("auto", "jtop", "ina3221", "rapl", "none"):
+            raise ValueError(f"--meter {a.meter!r}; allowed: auto, jtop, ina3221, rapl, none")
+        try:
+            from .energy import POWER_MODELS
+            if a.power_model not in POWER_MODELS:
+                raise ValueError(f"--power-model {a.power_model!r}; allowed: {sorted(POWER_MODELS)}")
+        except ImportError:
+            pass
+        sweep = Sweep(spec, a.out, a.raw, prefix=a.prefix, progress=not a.no_progress)
+        sweep.prepare()
+    except ValueError as e:
+        raise UsageError(str(e))
+    d = sweep.run()
+    s = d["sweep"]
+    print(json.dumps({"out": a.out, "raw": sweep.raw_path, "n_records": s["n_records"],
+                      "n_errors": s["n_errors"], "duration_s": s["duration_s"],
+                      "link_checks": d["cluster"]["link_checks"]}))
+    return 0
+
+
+def _register() -> None:
+    from .cli import COMMANDS, command
+
+    if "profile" not in COMMANDS:
+        command("profile", "profiling sweep on the emulated network -> perf map JSON")(
+            (add_profile_args, profile_main))
+    if "profile-worker" not in COMMANDS:
+        command("profile-worker", "internal: the ranks of one profiling group")(
+            (add_worker_args, worker_main))
+
+
+_register()
