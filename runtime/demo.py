@@ -1,0 +1,304 @@
+"""The main job end to end: emulated network -> profiling sweep -> cost-model fit ->
+a request stream served adaptively, with a bandwidth drop mid-run, against always-single,
+static Voltage and static Prism.
+
+    python -m runtime demo --out out/demo          (what `make demo` runs)
+
+`python -m runtime serve` is the per-rank entry of one request stream: rank 0 runs the
+AdaptiveRunner (JSON line per request on stdout), the other ranks serve.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from .cli import UsageError, command
+
+log = logging.getLogger("runtime.demo")
+
+
+# --------------------------------------------------------------------------- serve
+
+@dataclass
+class FixedPolicy:
+    """A static mode: always the same strategy (and CR)."""
+
+    strategy: str
+    cr: Optional[float] = None
+    m: Optional[int] = None
+
+    def __call__(self, batch, bw):
+        from .adaptive import Decision
+        return Decision(self.strategy, cr=self.cr, m=self.m, predicted_ms=None, source="static")
+
+
+def add_serve_args(p) -> None:
+    p.add_argument("--model", default="vit_tiny_patch16_224")
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--depth", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--world-size", type=int, default=2)
+    p.add_argument("--policy", default="adaptive", help="adaptive | single | voltage | prism")
+    p.add_argument("--cr", type=float, default=9.9, help="static prism CR")
+    p.add_argument("--costmodel", help="fitted CostModel JSON (adaptive)")
+    p.add_argument("--perfmap", help="perf map whose exact entries override the model (adaptive)")
+    p.add_argument("--objective", default="latency", help="latency | energy")
+    p.add_argument("--stream", required=True, help="batch sizes of the requests, e.g. 1,8,16")
+    p.add_argument("--switch-at", type=int, default=-1,
+                   help="request index before which the orchestrator changes the bandwidth")
+    p.add_argument("--sync-dir", help="folder for the bandwidth-switch handshake")
+    p.add_argument("--initial-bw", type=float, help="bandwidth estimate before any observation, Mbit/s")
+    p.add_argument("--timeout", type=float, default=10.0, help="exchange timeout, s")
+    p.add_argument("--probe-every", type=int, default=4)
+
+
+def serve_main(a, argv) -> int:
+    import torch
+
+    from .adaptive import AdaptiveRunner, TablePolicy, serve_worker
+    from .models import ModelSpec, build_adapter
+
+    rank, ws = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", a.world_size))
+    host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29400"))
+    torch.set_num_threads(1)
+    core = os.environ.get("PRISM_EDGE_CORE")
+    if core is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(core)})
+    try:
+        stream = [int(s) for s in a.stream.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--stream {a.stream!r} must be comma-separated batch sizes")
+    if not stream or min(stream) < 1:
+        raise UsageError(f"--stream {a.stream!r} must hold batch sizes >= 1")
+    ad = build_adapter(ModelSpec(a.model, img_size=a.img_size, depth=a.depth, seed=a.seed))
+    if rank != 0:
+        serve_worker(ad, rank, ws, host, port, timeout_s=a.timeout)
+        return 0
+    if a.policy == "adaptive":
+        if not a.costmodel:
+            raise UsageError("--policy adaptive needs --costmodel PATH")
+        from costmodel.decision import DecisionTable
+        from costmodel.model import CostModel
+        from costmodel.perfmap import load_perfmap
+
+        cm = CostModel.load(a.costmodel)
+        pm = load_perfmap(a.perfmap) if a.perfmap else None
+        crs = sorted({r["cr"] for r in pm.usable() if r.get("cr")}) if pm else [9.9]
+        cands = [("single", None), ("voltage", None)] + [("prism", c) for c in crs]
+        table = DecisionTable(cm, pm, candidates=cands, objective=a.objective,
+                              seq_len=ad.seq_len, world_size=ws, model_name=a.model,
+                              batches=range(1, max(stream) + 1))
+        policy = TablePolicy(table, ad.seq_len, ws, default_bw=a.initial_bw or 500.0)
+    elif a.policy in ("single", "voltage"):
+        policy = FixedPolicy(a.policy)
+    elif a.policy == "prism":
+        import math
+        policy = FixedPolicy("prism", cr=a.cr, m=max(1, round(math.ceil(ad.seq_len / ws) / a.cr)))
+    else:
+        raise UsageError(f"unknown policy {a.policy!r}; allowed: adaptive, single, voltage, prism")
+    runner = AdaptiveRunner(ad, policy, world_size=ws, host=host, port=port, timeout_s=a.timeout,
+                            probe_every=a.probe_every, initial_bw=a.initial_bw)
+    runner.start(block=True)
+    try:
+        for i, b in enumerate(stream):
+            if i == a.switch_at and a.sync_dir:
+                print(json.dumps({"event": "switch", "request": i}), flush=True)
+                flag = os.path.join(a.sync_dir, "switched")
+                t0 = time.time()
+                while not os.path.exists(flag) and time.time() - t0 < 60:
+                    time.sleep(0.05)
+            x = ad.make_inputs(b, seed=a.seed + 1000 + i)
+            r = runner.submit(x)
+            d = r.decision
+            print(json.dumps({"event": "request", "i": i, "batch": b, "mode": d.mode,
+                              "executed": r.executed, "latency_ms": r.latency_ms,
+                              "per_sample_ms": r.latency_ms / b, "bw_estimate": r.bw_estimate,
+                              "source": d.source, "predicted_ms": d.predicted_ms,
+                              "margin": d.margin, "fault": r.fault}), flush=True)
+        print(json.dumps({"event": "done", "counts": runner.counts, "events": runner.events}), flush=True)
+    finally:
+        runner.close()
+    return 0
+
+
+command("serve", "serve a stream of batches adaptively (per-rank entry)")((add_serve_args, serve_main))
+
+
+# --------------------------------------------------------------------------- demo
+
+def add_demo_args(p) -> None:
+    p.add_argument("--out", default="out/demo", help="folder for the perf map, model, plots, summary")
+    p.add_argument("--model", default="vit_tiny_patch16_224")
+    p.add_argument("--img-size", type=int, default=160)
+    p.add_argument("--depth", type=int, default=None)
+    p.add_argument("--bw-high", type=float, default=400.0, help="Mbit/s before the drop")
+    p.add_argument("--bw-low", type=float, default=40.0, help="Mbit/s after the drop")
+    p.add_argument("--batches", default="1,4,16", help="sweep batch sizes")
+    p.add_argument("--stream", default="1,16,4,16,2,16,8,1,16,4,16,16",
+                   help="request batch sizes (the same stream is replayed after the drop)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--testbed", default="auto", help="auto | netns | unshare | loopback")
+    p.add_argument("--prefix", default="demo")
+
+
+def _print_table(rows, file=sys.stdout):
+    hdr = f"{'policy':<16}{'requests':>9}{'samples':>9}{'total s':>10}{'ms/sample':>11}" \
+          f"{'vs voltage':>12}{'vs single':>11}"
+    print(hdr, file=file)
+    print("-" * len(hdr), file=file)
+    base_v = next(r for r in rows if r["policy"] == "voltage")["total_ms"]
+    base_s = next(r for r in rows if r["policy"] == "single")["total_ms"]
+    for r in rows:
+        print(f"{r['policy']:<16}{r['requests']:>9}{r['samples']:>9}{r['total_ms'] / 1e3:>10.2f}"
+              f"{r['per_sample_ms']:>11.1f}{(1 - r['total_ms'] / base_v) * 100:>11.1f}%"
+              f"{(1 - r['total_ms'] / base_s) * 100:>10.1f}%", file=file)
+
+
+def demo_main(a, argv) -> int:
+    import tempfile
+
+    from costmodel.model import CostModel
+    from costmodel.perfmap import atomic_write_text, load_perfmap
+
+    from .launch import self_argv
+    from .profile import Sweep, SweepSpec
+    from .testbed import Testbed
+
+    os.makedirs(a.out, exist_ok=True)
+    t_start = time.time()
+    say = lambda *x: print(*x, flush=True)  # noqa: E731
+    batches = tuple(int(b) for b in a.batches.split(","))
+    stream = [int(b) for b in a.stream.split(",")]
+    common = ["--model", a.model, "--img-size", str(a.img_size)] + \
+        (["--depth", str(a.depth)] if a.depth else [])
+
+    say(f"== 1/4 profiling sweep: {a.model} img {a.img_size}, batch {list(batches)}, "
+        f"bw {a.bw_low:g} and {a.bw_high:g} Mbit/s, single / voltage / prism CR 9.9")
+    spec = SweepSpec(models=(a.model,), batches=batches, bws=(a.bw_low, a.bw_high), crs=(9.9,),
+                     img_sizes=(a.img_size,), world_sizes=(2,), depth=a.depth, repeats=a.repeats,
+                     testbed=a.testbed, meter="auto")
+    pm_path = os.path.join(a.out, "perfmap.json")
+    raw = os.path.join(a.out, "perfmap.raw.jsonl")
+    if os.path.exists(raw):
+        os.remove(raw)
+    sweep = Sweep(spec, pm_path, raw, prefix=a.prefix, progress=True)
+    sweep.prepare()
+    pmd = sweep.run()
+    link = pmd["environment"].get("link_emulation") or {}
+    say(f"   {pmd['sweep']['n_records']} configurations in {pmd['sweep']['duration_s']:.0f} s; "
+        f"link: {link.get('mode', '?')}, checks {pmd['cluster'].get('link_checks')}")
+
+    say("== 2/4 fitting the cost model on the measured perf map")
+    pm = load_perfmap(pm_path)
+    cm = CostModel().fit(pm)
+    cm_path = os.path.join(a.out, "costmodel.json")
+    cm.save(cm_path)
+    sc = cm.score(pm)
+    say(f"   in-sample latency median APE {sc['latency']['median_ape']:.1f} %, "
+        f"within 10 %: {sc['latency']['within_10pct']:.0%}")
+
+    say(f"== 3/4 request stream: {len(stream)} batches at {a.bw_high:g} Mbit/s, "
+        f"then the link drops to {a.bw_low:g} Mbit/s for {len(stream)} more")
+    full_stream = stream + stream
+    results = {}
+    with Testbed(2, a.bw_high, mode=a.testbed, prefix=a.prefix) as tb:
+        shaped = tb.mode != "loopback"
+        if shaped:
+            tb.measure_bw()
+        for pol in ("adaptive", "single", "voltage", "prism"):
+            if shaped:
+                tb.set_bw(a.bw_high)
+            sync = tempfile.mkdtemp(prefix="switch", dir=a.out)
+            rows = []
+
+            def on_line(line, rows=rows, sync=sync, pol=pol):
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    return
+                if ev.get("event") == "switch":
+                    if shaped:
+                        tb.set_bw(a.bw_low)
+                    open(os.path.join(sync, "switched"), "w").close()
+                    say(f"   [{pol}] link now {a.bw_low:g} Mbit/s" + ("" if shaped else " (loopback: NOT shaped)"))
+                elif ev.get("event") == "request":
+                    rows.append(ev)
+                    if pol == "adaptive":
+                        say(f"   [{pol}] #{ev['i']:>2} batch {ev['batch']:>2}: {ev['executed']:<16}"
+                            f"{ev['latency_ms']:8.1f} ms  bw est {ev['bw_estimate'] or 0:7.1f} Mbit/s"
+                            f"  ({ev['source']}, margin {(ev['margin'] or 0) * 100:.0f} %)")
+                elif ev.get("event") == "done":
+                    rows.append(ev)
+
+            argv = self_argv(["serve", *common, "--world-size", "2", "--policy", pol,
+                              "--costmodel", cm_path, "--perfmap", pm_path,
+                              "--stream", ",".join(map(str, full_stream)),
+                              "--switch-at", str(len(stream)), "--sync-dir", sync,
+                              "--initial-bw", str(tb.link.get("bw_measured") or a.bw_high)])
+            tb.launch(argv, timeout_s=1800, on_stdout_line=on_line)
+            results[pol] = rows
+        link = dict(tb.link)
+
+    say("== 4/4 summary")
+    summary = []
+    for pol, rows in results.items():
+        req = [r for r in rows if r.get("event") == "request"]
+        tot = sum(r["latency_ms"] for r in req)
+        n = sum(r["batch"] for r in req)
+        summary.append({"policy": pol if pol != "prism" else "prism (cr 9.9)", "requests": len(req),
+                        "samples": n, "total_ms": tot, "per_sample_ms": tot / max(n, 1)})
+    for r in summary:
+        r["policy"] = r["policy"] if r["policy"] != "prism (cr 9.9)" else "prism"
+    _print_table(summary)
+    ad_rows = [r for r in results["adaptive"] if r.get("event") == "request"]
+    modes = {}
+    for r in ad_rows:
+        phase = "before drop" if r["i"] < len(stream) else "after drop"
+        modes.setdefault(phase, {}).setdefault(r["executed"], []).append(r["batch"])
+    say("\nWhen distributing paid (adaptive choices, batch sizes per mode):")
+    for phase, m in modes.items():
+        say(f"  {phase}: " + "; ".join(f"{k}: {sorted(v)}" for k, v in m.items()))
+    doc = {"schema_version": 1, "link": link, "perfmap": pm_path, "costmodel": cm_path,
+           "stream": full_stream, "bw_high": a.bw_high, "bw_low": a.bw_low, "summary": summary,
+           "requests": results, "duration_s": time.time() - t_start}
+    atomic_write_text(os.path.join(a.out, "demo.json"), json.dumps(doc, indent=1))
+    try:
+        _plots(a.out, results, stream, a)
+        say(f"plots: {a.out}/demo_stream.png")
+    except Exception as e:  # noqa: BLE001 - plots are a bonus; the table is the result
+        log.warning("plot failed: %s", e)
+    say(f"done in {time.time() - t_start:.0f} s; results in {a.out}/demo.json")
+    return 0
+
+
+def _plots(out, results, stream, a):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    colors = {"adaptive": "C3", "single": "C0", "voltage": "C1", "prism": "C2"}
+    for pol, rows in results.items():
+        req = [r for r in rows if r.get("event") == "request"]
+        ax.plot([r["i"] for r in req], [r["per_sample_ms"] for r in req], "o-", ms=4,
+                color=colors[pol], label=pol if pol != "prism" else "prism (CR 9.9)", lw=1.5 if pol == "adaptive" else 1)
+    ax.axvline(len(stream) - 0.5, color="k", ls="--", lw=1)
+    ax.text(len(stream) - 0.3, ax.get_ylim()[1] * 0.95, f"link {a.bw_high:g} -> {a.bw_low:g} Mbit/s",
+            va="top", fontsize=9)
+    ax.set_xlabel("request index (batch sizes vary)")
+    ax.set_ylabel("latency per sample (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"{a.model} (img {a.img_size}) on 2 emulated devices: adaptive vs static modes")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "demo_stream.png"), dpi=110)
+    plt.close(fig)
+
+
+command("demo", "the main job end to end on a small default")((add_demo_args, demo_main))
