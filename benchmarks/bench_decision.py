@@ -1,0 +1,161 @@
+"""Decision quality on held-out measured configurations, and the hook's overhead.
+
+For a measured perf map, every situation (model, seq_len, world_size, batch, bw) whose
+candidates were all measured is a test case. Situations are split into K folds; for
+each fold the cost model and the decision table are built WITHOUT the fold's records
+(its distributed records, and the single-device records of its batch sizes), then each
+held-out situation is decided and compared with the oracle (the best *measured*
+candidate). Reported per objective: share of oracle-correct choices, mean and max
+regret (chosen / oracle - 1). Energy uses energy_j where a sensor measured it, else the
+labelled estimate energy_est_j (said in the output).
+
+    python benchmarks/bench_decision.py data/perfmaps/testbed_vit.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from costmodel.decision import DecisionTable  # noqa: E402
+from costmodel.model import CostModel  # noqa: E402
+from costmodel.perfmap import PerfMap, load_perfmap, record_latency_ms  # noqa: E402
+
+
+def _energy(r):
+    return r.get("energy_j") if r.get("energy_j") is not None else r.get("energy_est_j")
+
+
+def situations(pm: PerfMap, crs):
+    """{(model, seq, P, batch, bw): {label: record}} with every candidate measured."""
+    single = {(r["model"], r["seq_len"], r["batch"]): r for r in pm.usable() if r["strategy"] == "single"}
+    out = {}
+    for r in pm.usable():
+        if r["strategy"] == "single" or r.get("bw") is None:
+            continue
+        key = (r["model"], r["seq_len"], r["world_size"], r["batch"], float(r["bw"]))
+        lab = "voltage" if r["strategy"] == "voltage" else f"prism(cr={r['cr']:g})"
+        out.setdefault(key, {})[lab] = r
+    full = {}
+    want = {"voltage"} | {f"prism(cr={c:g})" for c in crs}
+    for key, d in out.items():
+        s = single.get((key[0], key[1], key[3]))
+        if s is not None and want <= set(d):
+            full[key] = {"single": s, **{k: d[k] for k in want}}
+    return full
+
+
+def evaluate(pm: PerfMap, folds: int, seed: int = 0) -> dict:
+    crs = sorted({round(r["cr"], 4) for r in pm.usable() if r.get("cr")})
+    sits = situations(pm, crs)
+    keys = sorted(sits)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(keys))
+    res = {"latency": [], "energy": []}
+    cands = [("single", None), ("voltage", None)] + [("prism", c) for c in crs]
+    for f in range(folds):
+        test = [keys[i] for i in order[f::folds]]
+        if not test:
+            continue
+        held = set(test)
+        held_batches = {(k[0], k[1], k[3]) for k in test}
+
+        def keep(r):
+            if r["strategy"] == "single":
+                return (r["model"], r["seq_len"], r["batch"]) not in held_batches
+            if r.get("bw") is None:
+                return True
+            return (r["model"], r["seq_len"], r["world_size"], r["batch"], float(r["bw"])) not in held
+
+        train = PerfMap(meta=pm.meta, records=[r for r in pm.records if keep(r)])
+        cm = CostModel().fit(train)
+        tables = {}
+        for key in test:
+            model, seq, P, batch, bw = key
+            for obj in ("latency", "energy"):
+                tk = (model, seq, P, obj)
+                if tk not in tables:
+                    tables[tk] = DecisionTable(cm, train, candidates=cands, objective=obj, seq_len=seq,
+                                               world_size=P, model_name=model,
+                                               batches=sorted({k[3] for k in keys}),
+                                               bws=sorted({k[4] for k in keys}))
+                d = tables[tk].choose(batch, bw)
+                meas = {lab: (record_latency_ms(r) if obj == "latency" else _energy(r))
+                        for lab, r in sits[key].items()}
+                if any(v is None for v in meas.values()):
+                    continue
+                best = min(meas, key=meas.get)
+                res[obj].append({"situation": list(key), "chosen": d["mode"], "oracle": best,
+                                 "regret": meas[d["mode"]] / meas[best] - 1.0,
+                                 "source": d["source"]})
+    out = {}
+    for obj, rows in res.items():
+        if not rows:
+            continue
+        reg = np.array([r["regret"] for r in rows])
+        out[obj] = {"n": len(rows), "oracle_correct": float(np.mean(reg <= 1e-12)),
+                    "mean_regret_pct": float(reg.mean() * 100), "max_regret_pct": float(reg.max() * 100),
+                    "rows": rows}
+    return out
+
+
+def overhead(pm: PerfMap, n: int = 100_000) -> dict:
+    cm = CostModel().fit(pm)
+    r0 = pm.usable()[0]
+    t = DecisionTable(cm, pm, seq_len=r0["seq_len"], model_name=r0["model"])
+    rng = np.random.default_rng(1)
+    batches = rng.integers(1, 33, n).tolist()
+    bws = rng.uniform(100, 950, n).tolist()
+    out = {}
+    for name, fn in (("choose_fast", t.choose_fast), ("choose", t.choose)):
+        m = n if name == "choose_fast" else n // 10
+        ts = np.empty(m)
+        for i in range(m):
+            t0 = time.perf_counter_ns()
+            fn(batches[i], bws[i])
+            ts[i] = time.perf_counter_ns() - t0
+        out[name] = {"p50_us": float(np.percentile(ts, 50) / 1e3), "p99_us": float(np.percentile(ts, 99) / 1e3),
+                     "n": m}
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("perfmap", nargs="+")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_decision.json"))
+    a = ap.parse_args()
+    warnings.simplefilter("ignore")
+    report = {"schema_version": 1, "maps": {}}
+    print(f"{'perf map':<34}{'objective':<10}{'n':>5}{'oracle-correct':>16}{'mean regret':>13}{'max regret':>12}")
+    for path in a.perfmap:
+        pm = load_perfmap(path)
+        ev = evaluate(pm, a.folds)
+        energy_src = "measured" if any(r.get("energy_j") is not None for r in pm.usable()) else "estimate (energy_est_j)"
+        for obj, v in ev.items():
+            lab = obj if obj == "latency" else f"energy*"
+            print(f"{os.path.basename(path):<34}{lab:<10}{v['n']:>5}{v['oracle_correct'] * 100:>15.1f}%"
+                  f"{v['mean_regret_pct']:>12.2f}%{v['max_regret_pct']:>11.2f}%")
+        oh = overhead(pm)
+        report["maps"][path] = {"decision": ev, "overhead": oh, "energy_source": energy_src}
+        print(f"  * energy objective scored on {energy_src}")
+        for k, v in oh.items():
+            print(f"  hook {k:<12} p50 {v['p50_us']:.2f} us   p99 {v['p99_us']:.2f} us   (n={v['n']})")
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    tmp = a.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, a.out)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
