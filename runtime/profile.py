@@ -485,6 +485,10 @@ class Sweep:
         from .launch import LaunchError, self_argv
         from .testbed import Testbed, TestbedError
 
+        from .testbed import cleanup_stale
+
+        if self.mode == "netns":
+            cleanup_stale(self.prefix)      # left by a SIGKILLed earlier run of this sweep
         todo = self.pending()
         done0 = len(self.configs) - len(todo)
         if done0:

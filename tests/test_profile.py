@@ -1,0 +1,176 @@
+"""Profiling sweeps: bad input, the raw log, a tiny sweep to a valid perf map, resume
+after SIGKILL. The sweeps run on the emulated network when root, else on loopback."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from costmodel.perfmap import load_perfmap
+from runtime import testbed as tbm
+from runtime.cli import main
+from runtime.profile import Config, RawLog, SweepSpec, expand
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--model", "test_vit", "--depth", "2"]
+
+
+def _mode() -> str:
+    ok = tbm.is_root() and subprocess.run(["ip", "netns", "list"], capture_output=True).returncode == 0
+    return "netns" if ok else "loopback"
+
+
+# --------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("args, msg", [
+    (["--strategy", "single,galaxy"], "unknown strategy 'galaxy'; known: ["),
+    (["--bw", "0"], "bw=0.0 Mbit/s must be > 0"),
+    (["--bw", "300,-1"], "bw=-1.0 Mbit/s must be > 0"),
+    (["--bw", "fast"], "--bw value 'fast' is not a number"),
+    (["--batch", "0"], "batch=0 must be an integer >= 1"),
+    (["--world-size", "1"], "world_size=1 must be an integer >= 2"),
+    (["--img-size", "32", "--cr", "9.9"], "prism on test_vit img_size=32 (seq_len=5) at world_size=2: "
+                                          "cr=9.9 for 3 tokens per device; cr must be in [1, 3]"),
+    (["--model", "vit_nonexistent"], "unknown model 'vit_nonexistent'"),
+    (["--exchange", "ring"], "unknown exchange 'ring'; known: ['pairwise', 'allgather']"),
+    (["--testbed", "wifi"], "unknown testbed mode 'wifi'; allowed: ['auto', 'netns', 'unshare', 'loopback']"),
+    (["--meter", "watts"], "--meter 'watts'; allowed: auto, jtop, ina3221, rapl, none"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, msg):
+    out = tmp_path / "m" / "map.json"
+    base = {"--model": "test_vit", "--img-size": "32,48", "--cr": "2"}
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    argv = ["profile", "--depth", "2", "--out", str(out), "--no-progress"]
+    for k, v in base.items():
+        argv += [k, v]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and msg in err[-1], err
+    assert not (tmp_path / "m").exists()
+
+
+def test_no_namespace_permission_is_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tbm, "is_root", lambda: False)
+    out = tmp_path / "map.json"
+    assert main(["profile", *TINY, "--img-size", "32", "--cr", "2", "--testbed", "netns",
+                 "--out", str(out), "--no-progress"]) == 2
+    assert "mode 'netns' needs root" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_expand_groups_and_keys():
+    spec = SweepSpec(models=("test_vit",), depth=2, strategies=("single", "voltage", "prism"),
+                     batches=(1, 2), bws=(200.0, 300.0), crs=(2.0,), img_sizes=(32,),
+                     world_sizes=(2,))
+    cs = expand(spec)
+    assert len(cs) == 2 + 2 * 2 * 2        # single per batch; (voltage, prism) x batch x bw
+    assert len({c.key for c in cs}) == len(cs)
+    assert [c.strategy for c in cs[:2]] == ["single", "single"] and cs[0].bw is None
+    assert {c.group for c in cs[2:]} == {("test_vit", 32, 2, 200.0), ("test_vit", 32, 2, 300.0)}
+    assert expand(spec, shaped=False)[-1].bw is None       # loopback: one unshaped rate
+
+
+# --------------------------------------------------------------------------- raw log
+
+def test_raw_log_tolerates_a_torn_line_and_never_duplicates(tmp_path):
+    p = tmp_path / "raw.jsonl"
+    log = RawLog(str(p), {"repeats": 3})
+    for k in ("a", "b"):
+        log.append({"key": k, "v": 1})
+    log.close()
+    with open(p, "a") as f:
+        f.write('{"key": "c", "v"')                       # killed mid-line
+    log = RawLog(str(p), {"repeats": 3})
+    assert sorted(log.rows) == ["a", "b"]
+    log.append({"key": "c", "v": 2})
+    log.close()
+    lines = [json.loads(ln) for ln in p.read_text().splitlines()]
+    assert [ln.get("key") for ln in lines] == [None, "a", "b", "c"]
+    with pytest.raises(ValueError, match="was started with protocol"):
+        RawLog(str(p), {"repeats": 5})
+
+
+# --------------------------------------------------------------------------- sweeps
+
+def _run_cli(args, **kw):
+    env = dict(os.environ, PRISM_EDGE_LOG="WARNING")
+    return subprocess.Popen([sys.executable, "-m", "runtime", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_tiny_sweep_writes_a_schema_valid_perf_map(tmp_path):
+    out = tmp_path / "map.json"
+    p = _run_cli(["profile", *TINY, "--img-size", "32,48", "--batch", "1", "--bw", "300",
+                  "--cr", "2", "--world-size", "2", "--warmup", "1", "--repeats", "2",
+                  "--testbed", _mode(), "--prefix", "ptsweep", "--out", str(out)])
+    so, se = p.communicate(timeout=240)
+    assert p.returncode == 0, se[-2000:]
+    summary = json.loads(so)
+    assert summary["n_records"] == 6 and summary["n_errors"] == 0
+    pm = load_perfmap(out)                                 # validates the schema
+    d = pm.to_dict()
+    assert d["source"] == "measured" and d["sweep"]["duration_s"] > 0
+    assert {(m["name"], m["seq_len"], m["n_layers"]) for m in d["models"]} == {("test_vit", 5, 2), ("test_vit", 10, 2)}
+    assert d["environment"]["torch"] and d["environment"]["kernel"] and d["environment"]["link_emulation"]
+    assert d["protocol"]["repeats"] == 2
+    by = {(r["strategy"], r["seq_len"]): r for r in d["records"]}
+    assert set(by) == {(s, n) for s in ("single", "voltage", "prism") for n in (5, 10)}
+    for r in d["records"]:
+        assert r["latency_ms"]["n"] == 2 and r["latency_ms"]["p10"] <= r["latency_ms"]["median"] <= r["latency_ms"]["p90"]
+        assert r["comm_bytes"] == r["comm_bytes_predicted"]
+        assert r["energy_j"] is None or r["energy_source"] != "none"
+        if r["strategy"] == "single":
+            assert r["world_size"] == 1 and r["bw"] is None and r["link"] is None
+        else:
+            assert r["link"]["mode"] == _mode() and r["comm_bytes"] > 0
+    if _mode() == "netns":
+        r = by[("voltage", 10)]
+        assert r["bw"] == 300.0 and abs(r["bw_measured"] - 300) / 300 < 0.05
+        assert "delay_method" in r["link"]
+    assert by[("prism", 10)]["m"] == 2 and by[("prism", 10)]["cr"] == 2.5
+    assert tbm.list_namespaces("ptsweep") == []
+
+
+@pytest.mark.slow
+def test_sigkilled_sweep_resumes_without_loss_or_duplicates(tmp_path):
+    out, raw = tmp_path / "map.json", tmp_path / "raw.jsonl"
+    args = ["profile", *TINY, "--img-size", "32", "--strategy", "single,voltage",
+            "--batch", "1,2,3,4", "--bw", "300", "--world-size", "2", "--warmup", "0",
+            "--repeats", "150", "--testbed", _mode(), "--prefix", "ptres",
+            "--out", str(out), "--raw", str(raw), "--no-progress"]
+    p = _run_cli(args)
+    deadline = time.monotonic() + 180
+    n = 0
+    try:
+        while time.monotonic() < deadline and p.poll() is None:
+            n = raw.read_text().count("\n") - 1 if raw.exists() else 0
+            if n >= 3:
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, "the sweep finished before it could be killed: " + p.stderr.read()[-500:]
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    before = [json.loads(ln) for ln in raw.read_text().splitlines()]
+    assert 3 <= len(before) - 1 < 8 and not out.exists()
+    with open(raw, "a") as f:               # and as if it had died mid-line
+        f.write('{"key": "test_vit/img32/P2/bw300/voltage/crnone/B4", "strat')
+    p = _run_cli(args)
+    so, se = p.communicate(timeout=240)
+    assert p.returncode == 0, se[-2000:]
+    rows = [json.loads(ln) for ln in raw.read_text().splitlines()][1:]
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 8                  # nothing duplicated, nothing lost
+    assert rows[:len(before) - 1] == before[1:]              # what was measured was kept
+    pm = load_perfmap(out)
+    assert len(pm.records) == 8 and not any(r["error"] for r in pm.records)
+    assert tbm.list_namespaces("ptres") == []                # the killed run's namespaces too
