@@ -125,6 +125,8 @@ def _parser():
                            help="exit 1 when the latency MAPE (%%) exceeds this")
         if name == "report":
             p.add_argument("--list", action="store_true", help="list the shipped profiles")
+    from .plots import add_cli as add_plot_cli   # `plot`: figures (costmodel/plots.py)
+    add_plot_cli(sub)
     return ap
 
 
@@ -142,7 +144,10 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if a.cmd == "fit":
+            if a.cmd == "plot":
+                from .plots import run_cli as run_plot_cli
+                out = run_plot_cli(a)
+            elif a.cmd == "fit":
                 out = cmd_fit(a)
             elif a.cmd == "predict":
                 out = cmd_predict(a)

@@ -992,5 +992,8 @@ def run_cli(a) -> dict:
     maps = a.perfmap or [str(data_dir() / "perfmaps" / "jetson_orin_nano_paper.json")]
     if a.name and len(maps) > 1:
         raise ValueError("--name applies to one --perfmap; drop it to name files by each map's stem")
-    return {"out": a.out, "maps": [standard_figures(m, a.out, model=model, name=a.name, which=which,
-                                                    unshaped_bw=a.unshaped_bw) for m in maps]}
+    try:
+        return {"out": a.out, "maps": [standard_figures(m, a.out, model=model, name=a.name, which=which,
+                                                        unshaped_bw=a.unshaped_bw) for m in maps]}
+    except OSError as e:   # e.g. an unwritable --out: one line, exit 2
+        raise ValueError(f"cannot write figures to {a.out}: {e.strerror or e}") from None
