@@ -4,12 +4,12 @@
         --batch 1,2,4 --bw 200,500 --cr 3.3,9.9 --img-size 96,224 --world-size 2 \\
         --out data/perfmaps/x.json
 
-Speed: ranks are started once per group (model, img_size, world_size, bw), not per
+Speed: ranks are started once per group (model, world_size, bw), not per
 configuration. The parent sets the rate with tc, measures it with a bulk transfer, then
 launches `python -m runtime profile-worker --plan PLAN.json` in the namespaces; the
-ranks build the model once and loop over the group's (strategy, batch, cr), printing one
-JSON row per configuration on rank 0's stdout. `single` is measured once per (model,
-img_size, batch) on one process, outside the emulated network.
+ranks build the model once per img_size and loop over the group's (img_size, strategy,
+cr, batch), printing one JSON row per configuration on rank 0's stdout. `single` is
+measured once per (model, img_size, batch) on one process, outside the emulated network.
 
 Durability: every row is appended to a JSONL file (flush + fsync) as soon as it is
 measured, keyed by its configuration. A restarted sweep skips keys already present,
@@ -20,6 +20,7 @@ A configuration that fails becomes a row with its `error`; the sweep goes on.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -139,17 +140,21 @@ class Config:
 
     @property
     def group(self) -> tuple:
-        return (self.model, self.img_size, self.world_size, self.bw)
+        return (self.model, self.world_size, self.bw)
 
 
 def model_shape(spec: SweepSpec, model: str, img_size: int):
     """formulas.ModelShape of a model at an img_size (meta device: no weights)."""
+    return _shape(model, img_size, spec.patch_size, spec.depth)
+
+
+@functools.lru_cache(maxsize=256)
+def _shape(model: str, img_size: int, patch_size, depth):
     import torch
 
     from .models import ModelSpec, build_adapter
 
-    ms = ModelSpec(model, img_size=img_size, patch_size=spec.patch_size, depth=spec.depth,
-                   num_classes=None, seed=spec.seed)
+    ms = ModelSpec(model, img_size=img_size, patch_size=patch_size, depth=depth)
     with torch.device("meta"):
         return build_adapter(ms, device="meta").shape
 
@@ -287,7 +292,7 @@ def _die_with_parent() -> None:
 
 def _error_row(c: dict, plan_meta: dict, msg: str, seq_len=None) -> dict:
     return {"key": c["key"], "strategy": c["strategy"], "model": plan_meta["model"],
-            "seq_len": seq_len, "img_size": plan_meta.get("img_size"),
+            "seq_len": seq_len, "img_size": c["img_size"],
             "world_size": plan_meta["world_size"], "batch": c["batch"],
             "cr": c.get("cr"), "cr_requested": c.get("cr"), "m": None,
             "exchange": plan_meta["exchange"], "partition": None, "latency_ms": None,
@@ -329,15 +334,19 @@ def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
 
     torch.set_num_threads(plan.get("threads", 1))
     device = torch.device(plan.get("device", "cpu"))
-    adapter = build_adapter(ModelSpec(plan["model"], img_size=plan["img_size"],
-                                      patch_size=plan.get("patch_size"), depth=plan.get("depth"),
-                                      seed=plan["seed"]), device)
-    seq_len = adapter.shape.seq_len
     meter, estimate = _energy_tools(plan, rank)
-    inputs = {}
+    adapters, inputs = {}, {}
     warmup, repeats = plan["warmup"], plan["repeats"]
     for c in plan["configs"]:
-        b = c["batch"]
+        b, img = c["batch"], c["img_size"]
+        if img not in adapters:          # one model per token count, weights from the seed
+            adapters.clear()
+            inputs.clear()
+            adapters[img] = build_adapter(ModelSpec(plan["model"], img_size=img,
+                                                    patch_size=plan.get("patch_size"),
+                                                    depth=plan.get("depth"), seed=plan["seed"]), device)
+        adapter = adapters[img]
+        seq_len = adapter.shape.seq_len
         try:    # planning is deterministic: every rank fails the same way, no collective yet
             opts = {"cr": c["cr"]} if c["strategy"] == "prism" else {}
             ctx = DistContext(rank, world_size, device, plan["exchange"])
@@ -372,7 +381,7 @@ def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
         tot = every[0]["timing"]["totals"]
         row = {
             "key": c["key"], "strategy": c["strategy"], "model": plan["model"], "seq_len": seq_len,
-            "img_size": plan["img_size"], "world_size": world_size, "batch": b, "cr": p.cr, "cr_requested": c.get("cr"),
+            "img_size": img, "world_size": world_size, "batch": b, "cr": p.cr, "cr_requested": c.get("cr"),
             "m": p.m, "exchange": plan["exchange"], "partition": list(p.sizes),
             "latency_ms": {"median": med, "p10": float(np.percentile(e2e, 10)),
                            "p90": float(np.percentile(e2e, 90)), "n": len(e2e),
@@ -507,30 +516,34 @@ class Sweep:
             groups = {}
             for c in todo:
                 groups.setdefault(c.group, []).append(c)
-            singles = [g for g in groups if g[2] == 1]
+            singles = [g for g in groups if g[1] == 1]
             for g in singles:
                 self._run_group(g, groups[g], None, tmpdir, stderr_log)
             by_ws = {}
             for g in groups:
-                if g[2] > 1:
-                    by_ws.setdefault(g[2], []).append(g)
+                if g[1] > 1:
+                    by_ws.setdefault(g[1], []).append(g)
             for ws, gs in by_ws.items():
-                bws = sorted({g[3] for g in gs}, key=lambda v: -1 if v is None else v)
+                bws = sorted({g[2] for g in gs}, key=lambda v: -1 if v is None else v)
                 first_bw = bws[0] if bws[0] is not None else None
                 with Testbed(ws, first_bw, delay_ms=self.spec.delay_ms, mode=self.mode,
                              prefix=self.prefix) as tb:
                     for bw in bws:
                         if bw is not None:
                             tb.set_bw(bw)
-                            mbps = tb.measure_bw()
-                            self.link_checks.append({"world_size": ws, "bw": bw,
-                                                     "bw_measured": round(mbps, 3)})
-                            log.info("P=%d bw=%g Mbit/s: measured %.1f Mbit/s", ws, bw, mbps)
+                            try:
+                                mbps = round(tb.measure_bw(), 3)
+                            except Exception as e:  # noqa: BLE001 - rows say the rate is unverified
+                                log.error("P=%d bw=%g Mbit/s: rate check failed: %s", ws, bw, e)
+                                mbps, tb.link["bw_check_error"] = None, f"{type(e).__name__}: {e}"
+                            self.link_checks.append({"world_size": ws, "bw": bw, "bw_measured": mbps})
+                            log.info("P=%d bw=%g Mbit/s: measured %s Mbit/s", ws, bw, mbps)
                         link = dict(tb.link)
                         self.links[ws] = {k: v for k, v in link.items()
                                           if k not in ("bw", "bw_requested", "bw_measured",
-                                                       "shaper_rate_mbit", "bw_measured_bytes")}
-                        for g in [g for g in gs if g[3] == bw]:
+                                                       "shaper_rate_mbit", "bw_measured_bytes",
+                                                       "bw_check_error")}
+                        for g in [g for g in gs if g[2] == bw]:
                             self._run_group(g, groups[g], tb, tmpdir, stderr_log)
         finally:
             stderr_log.close()
@@ -549,7 +562,6 @@ class Sweep:
         row["bw"] = bw
         row["bw_measured"] = link.get("bw_measured") if link else None
         row["link"] = link
-        row["img_size"] = row.get("img_size") or self._cur_img
         row["created"] = _now()
         self.raw.append(row)
         if self._bar is not None:
@@ -559,23 +571,22 @@ class Sweep:
         from .launch import LaunchError, launch, self_argv
         from .testbed import TestbedError
 
-        model, img, ws, bw = g
-        self._cur_img = img
+        model, ws, bw = g
         link = dict(tb.link) if tb is not None else None
         if link is not None and link.get("bw") is None:
             bw = None             # loopback: unshaped, recorded as such
         remaining = list(configs)
         attempts, failed_in_a_row = {}, 0   # each configuration gets two launches
         while remaining:
-            plan = {"model": model, "img_size": img, "patch_size": self.spec.patch_size,
+            plan = {"model": model, "patch_size": self.spec.patch_size,
                     "depth": self.spec.depth, "seed": self.spec.seed, "world_size": ws,
                     "exchange": self.spec.exchange, "warmup": self.spec.warmup,
                     "repeats": self.spec.repeats, "timeout_s": self.spec.timeout_s,
                     "device": self.spec.device, "threads": self.spec.threads,
                     "blocks": self.spec.blocks, "meter": self.spec.meter,
                     "power_model": self.spec.power_model,
-                    "configs": [{"key": c.key, "strategy": c.strategy, "batch": c.batch, "cr": c.cr}
-                                for c in remaining]}
+                    "configs": [{"key": c.key, "img_size": c.img_size, "strategy": c.strategy,
+                                 "batch": c.batch, "cr": c.cr} for c in remaining]}
             path = os.path.join(tmpdir, f"plan-{abs(hash(g))}.json")
             with open(path, "w") as f:
                 json.dump(plan, f)
@@ -606,7 +617,8 @@ class Sweep:
                            wrap=_pin_wrap, env_per_rank=lambda r: {"OMP_NUM_THREADS": "1"})
                 else:
                     tb.launch(argv, budget, stderr=stderr_log, on_stdout_line=on_line)
-            except (LaunchError, TestbedError, OSError) as e:
+            except Exception as e:  # noqa: BLE001 - a failed group is rows with errors, not the end
+                log.debug("group %s failed", g, exc_info=True)
                 err = f"{type(e).__name__}: {e}"
             finally:
                 state["open"] = False
@@ -627,11 +639,11 @@ class Sweep:
             give_up = failed_in_a_row >= 3
             for c in (remaining if give_up else remaining[:1]):
                 log.warning("%s failed: %s", c.key, err)
-                self._record(_error_row({"key": c.key, "strategy": c.strategy, "batch": c.batch, "cr": c.cr},
-                                        {"model": model, "world_size": ws, "exchange": self.spec.exchange,
-                                         "img_size": img},
+                self._record(_error_row({"key": c.key, "strategy": c.strategy, "batch": c.batch,
+                                         "cr": c.cr, "img_size": c.img_size},
+                                        {"model": model, "world_size": ws, "exchange": self.spec.exchange},
                                         err if not give_up else f"group abandoned after 3 failed "
-                                        f"configurations in a row: {err}", self._seq_len(model, img)),
+                                        f"configurations in a row: {err}", self._seq_len(model, c.img_size)),
                              link, bw)
             if give_up:
                 return
