@@ -67,8 +67,10 @@ def data_dir() -> Path:
 def testbed_maps(data: Optional[Path] = None) -> list:
     """Emulated-testbed perf maps: data/perfmaps/testbed_*.json, sorted. The environment
     variable PRISM_EDGE_TESTBED_MAP (paths joined by os.pathsep) replaces the glob, so a
-    notebook can be pointed at any measured map."""
+    notebook can be pointed at any measured map; its value 'none' means no testbed map."""
     env = os.environ.get("PRISM_EDGE_TESTBED_MAP")
+    if env == "none":          # force the no-testbed path (tests, or to skip those figures)
+        return []
     if env:
         return [Path(p) for p in env.split(os.pathsep) if p]
     return sorted(Path(data or data_dir()).glob("perfmaps/testbed_*.json"))
@@ -506,7 +508,7 @@ def _claim_bw(pm) -> Optional[float]:
 
 def plot_bandwidth(model, *, batches: Sequence[int] = (8, 16, 32), bws=None, cr: Optional[float] = None,
                    perfmap=None, reference_bw: Optional[float] = None, seq_len=None, world_size: int = 2,
-                   title: Optional[str] = None, model_label: str = "cost model"):
+                   title: Optional[str] = None, model_label: str = "cost model", model_name=None):
     """Per-sample latency vs link rate (Mbit/s) for single, Voltage and Prism, one panel per
     batch, from a fitted CostModel (lines, Prism's interval shaded), with the Prism/single
     crossover found and annotated. perfmap adds its measured points (same seq_len, world
@@ -518,8 +520,8 @@ def plot_bandwidth(model, *, batches: Sequence[int] = (8, 16, 32), bws=None, cr:
         cr = crs[-1] if crs else 9.9
     bws = default_bws(model) if bws is None else np.asarray(bws, float)
     reference_bw = reference_bw if reference_bw is not None else _claim_bw(pm)
-    sweeps = [bandwidth_sweep(model, batch=b, bws=bws, cr=cr, seq_len=seq_len, world_size=world_size)
-              for b in batches]
+    sweeps = [bandwidth_sweep(model, batch=b, bws=bws, cr=cr, seq_len=seq_len, world_size=world_size,
+                              model_name=model_name) for b in batches]
     with _rc():
         fig = _figure(figsize=(max(8.0, 3.7 * len(batches) + 0.6), 5.0))
         axes = fig.subplots(1, len(batches), sharey=True, squeeze=False)[0]
@@ -531,7 +533,7 @@ def plot_bandwidth(model, *, batches: Sequence[int] = (8, 16, 32), bws=None, cr:
                     ax.fill_between(bws, sw["lo"][s], sw["hi"][s], color=COLOR[s], alpha=0.15, lw=0,
                                     label=f"Prism {int(round(100 * _level(model)))} % interval")
             if pm is not None:
-                _measured_bw_points(ax, pm, sw["batch"], cr, seq_len, world_size)
+                _measured_bw_points(ax, pm, sw["batch"], cr, seq_len, world_size, model_name)
             x = sw["crossover_bw"]["prism"]
             if x is not None:
                 y = float(np.interp(x, bws, sw["per_sample_ms"]["single"]))
@@ -540,17 +542,16 @@ def plot_bandwidth(model, *, batches: Sequence[int] = (8, 16, 32), bws=None, cr:
                             fontsize=10, color=COLOR["prism"], fontweight="bold",
                             bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85),
                             arrowprops=dict(arrowstyle="->", color=COLOR["prism"]))
-            else:
+            note = ""
+            if x is None:     # in the panel title: a text box inside would cover data
                 faster = sw["per_sample_ms"]["prism"][-1] < sw["per_sample_ms"]["single"][-1]
-                ax.text(0.03, 0.04, "no Prism/single crossover in range:\nPrism " +
-                        ("faster everywhere" if faster else "slower everywhere"),
-                        transform=ax.transAxes, fontsize=9.5, color=COLOR["prism"])
+                note = "\nno crossover: Prism " + ("faster" if faster else "slower") + " everywhere"
             if reference_bw is not None and bws[0] <= reference_bw <= bws[-1]:
                 ax.axvline(reference_bw, color="#888888", ls=":", lw=1.6,
                            label=f"paper: crossover near {reference_bw:g} Mbit/s")
             ax.set_yscale("log")
             _log_ticks(ax)
-            ax.set_title(f"batch {sw['batch']}", loc="left")
+            ax.set_title(f"batch {sw['batch']}" + note, loc="left", fontsize=11 if not note else 10)
             ax.set_xlabel("link bandwidth (Mbit/s)")
             pad = 0.03 * (bws[-1] - bws[0])      # measured points at the ends stay visible
             ax.set_xlim(bws[0] - pad, bws[-1] + pad)
@@ -575,8 +576,9 @@ def _level(model) -> float:
     return float((getattr(model, "interval_", None) or {}).get("level", 0.8))
 
 
-def _measured_bw_points(ax, pm, batch, cr, seq_len, world_size):
-    recs = [r for r in pm.usable() if r["batch"] == batch and (seq_len is None or r["seq_len"] == seq_len)]
+def _measured_bw_points(ax, pm, batch, cr, seq_len, world_size, model_name=None):
+    recs = [r for r in pm.usable() if r["batch"] == batch and (seq_len is None or r["seq_len"] == seq_len)
+            and (model_name is None or r["model"] == model_name)]
     if seq_len is None and recs:
         n = _mode(r["seq_len"] for r in recs)
         recs = [r for r in recs if r["seq_len"] == n]
@@ -748,7 +750,8 @@ def plot_validation(res: dict, *, title: Optional[str] = None, level: Optional[f
         a2.set_ylim(0, top * 1.45 + 1)
         a2.set_xlim(-0.6, len(axes_present) - 0.4)
         a2.set_xticks(range(len(axes_present)),
-                      [f"{AXIS_LABEL.get(a, a)}\n({summ[a]['values']} values, {summ[a]['n']} rows)" for a in axes_present])
+                      [f"{AXIS_LABEL.get(a, a)}\n{summ[a]['values']} values\n{summ[a]['n']} rows" for a in axes_present],
+                      fontsize=9.5)
         a2.grid(axis="x", visible=False)
         a2.set_xlabel("axis held out (leave one value out)")
         a2.set_ylabel("absolute error of batch latency (%)")
@@ -763,7 +766,7 @@ def plot_validation(res: dict, *, title: Optional[str] = None, level: Optional[f
 # ----------------------------------------------------------------------------- 5: decision map
 
 def decision_grid(model, *, seq_len=None, batches=tuple(range(1, 33)), bws=None, objective="latency",
-                  world_size: int = 2, perfmap=None, candidates=None, max_cr=None) -> dict:
+                  world_size: int = 2, perfmap=None, candidates=None, max_cr=None, model_name=None) -> dict:
     """The DecisionTable over a batch x bw grid: the chosen label per cell (`best`, index
     into `labels`), the gain of the choice over single device in % (`gain_single_pct`,
     0 where single is chosen; None if single is not a candidate) and over the runner-up
@@ -773,7 +776,7 @@ def decision_grid(model, *, seq_len=None, batches=tuple(range(1, 33)), bws=None,
     bws = np.arange(50.0, 1000.1, 10.0) if bws is None else np.asarray(bws, float)
     dt = DecisionTable(model, perfmap=perfmap, candidates=candidates or DEFAULT_CANDIDATES,
                        objective=objective, seq_len=seq_len, world_size=world_size,
-                       batches=batches, bws=bws, max_cr=max_cr)
+                       batches=batches, bws=bws, max_cr=max_cr, model_name=model_name)
     key = dt.latency if objective == "latency" else (dt.energy if objective == "energy" else dt.score)
     best_v = np.take_along_axis(key, dt.best[None], 0)[0]
     gain = None
@@ -781,7 +784,7 @@ def decision_grid(model, *, seq_len=None, batches=tuple(range(1, 33)), bws=None,
         ref = key[dt.labels.index("single")]
         gain = 100.0 * (ref - best_v) / ref
     rng = (getattr(model, "ranges_", None) or {}).get("seq_len")
-    n = seq_len if seq_len is not None else model._shape(None).seq_len
+    n = seq_len if seq_len is not None else model._shape(model_name).seq_len
     extrap = bool(rng and not (rng[0] - 1e-9 <= n <= rng[1] + 1e-9))
     return {"table": dt, "labels": dt.labels, "best": dt.best, "batch": dt.batches, "bw": dt.bws,
             "gain_single_pct": gain, "margin_pct": 100.0 * dt.margin, "seq_len": n,
@@ -806,14 +809,15 @@ def mode_name(label: str) -> str:
 
 def plot_decision_map(model, *, seq_lens: Sequence[int], batches=tuple(range(1, 33)), bws=None,
                       objective="latency", world_size: int = 2, perfmap=None, candidates=None,
-                      title: Optional[str] = None):
+                      title: Optional[str] = None, model_name=None):
     """Per sequence length: the mode the DecisionTable chooses over (batch, bw) and the
     gain of that choice over single device (%), with the single/distributed boundary."""
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.patches import Patch
 
     grids = [decision_grid(model, seq_len=n, batches=batches, bws=bws, objective=objective,
-                           world_size=world_size, perfmap=perfmap, candidates=candidates) for n in seq_lens]
+                           world_size=world_size, perfmap=perfmap, candidates=candidates,
+                           model_name=model_name) for n in seq_lens]
     labels = grids[0]["labels"]
     colors = [_mode_color(lab, i) for i, lab in enumerate(labels)]
     cmap, norm = ListedColormap(colors), BoundaryNorm(np.arange(len(labels) + 1) - 0.5, len(labels))
@@ -924,10 +928,12 @@ def standard_figures(perfmap, out_dir, *, model=None, name: Optional[str] = None
             fig = plot_per_sample(pm, model=model, title=f"Adaptive vs Voltage vs single ({label})")
         elif fig_name == "bandwidth":
             fig = plot_bandwidth(model, perfmap=pm, batches=batches, seq_len=sel["seq_len"], cr=_cr_of(pm, sel),
+                                 model_name=sel["model"],
                                  world_size=sel["world_size"],
                                  title=f"Bandwidth sweep, cost model ({src})",
                                  model_label="model")
             out["crossover_bw"] = {int(b): bandwidth_sweep(model, batch=b, cr=_cr_of(pm, sel), bws=default_bws(model),
+                                                           model_name=sel["model"],
                                                            seq_len=sel["seq_len"],
                                                            world_size=sel["world_size"])["crossover_bw"]["prism"]
                                    for b in batches}
@@ -940,9 +946,9 @@ def standard_figures(perfmap, out_dir, *, model=None, name: Optional[str] = None
             fig = plot_validation(res, level=_level(model),
                                   title=f"Cost-model validation, leave one value out ({path.name})")
         else:
-            ns = sorted({r["seq_len"] for r in pm.usable()})
-            seq_lens = ns[:1] + ns[-1:] if len(ns) >= 2 else [ns[0], _longer(ns[0])]
-            fig = plot_decision_map(model, seq_lens=seq_lens, world_size=sel["world_size"],
+            ns = sorted({r["seq_len"] for r in pm.usable() if r["model"] == sel["model"]})
+            seq_lens = ns[:1] + ns[-1:] if len(ns) >= 2 else [ns[0], longer_seq_len(ns[0])]
+            fig = plot_decision_map(model, seq_lens=seq_lens, world_size=sel["world_size"], model_name=sel["model"],
                                     batches=tuple(range(1, int(max(32, max(batches))) + 1)),
                                     title=f"Decision map, cost model ({src})")
         out["figures"][fig_name] = str(save_figure(fig, Path(out_dir) / f"{name}_{fig_name}.png"))
@@ -953,7 +959,7 @@ def _cr_of(pm, sel):
     return sel["cr"] if sel.get("cr") is not None else 9.9
 
 
-def _longer(n: int) -> int:
+def longer_seq_len(n: int) -> int:
     """A ViT token count about 3x longer than n (image side x sqrt(3), patch 16): 197 -> 577."""
     side = round(((n - 1) ** 0.5) * 3 ** 0.5)
     return int(side * side + 1)
