@@ -38,5 +38,13 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_runtime.py
 
+# README figures in docs/figures/: the Jetson paper map (jetson_*.png), then every
+# data/perfmaps/testbed_*.json present (<map>_*.png). Same plot functions as notebooks/.
+figures: $(STAMP)
+	$(BIN)/python -m costmodel plot all --out docs/figures --name jetson
+	@for f in data/perfmaps/testbed_*.json; do [ -e "$$f" ] || continue; \
+		echo "$(BIN)/python -m costmodel plot all --out docs/figures --perfmap $$f"; \
+		$(BIN)/python -m costmodel plot all --out docs/figures --perfmap "$$f" || exit 1; done
+
 clean:
 	rm -rf $(VENV) out build *.egg-info

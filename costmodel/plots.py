@@ -867,7 +867,7 @@ def plot_decision_map(model, *, seq_lens: Sequence[int], batches=tuple(range(1, 
         w = grids[0]["bw"]
         if rng and (w[0] < rng[0] - 1e-6 or w[-1] > rng[1] + 1e-6):
             fitted = f"{rng[0]:g} Mbit/s" if rng[0] == rng[1] else f"{rng[0]:g}-{rng[1]:g} Mbit/s"
-            head += f"\nthe model extrapolates in bw outside {fitted} (its fitted range)"
+            head += f"\nthe model was fitted at {fitted}: other bandwidths are extrapolated"
         fig.suptitle(head, x=0.01, ha="left")
     return fig
 
