@@ -784,7 +784,8 @@ def decision_grid(model, *, seq_len=None, batches=tuple(range(1, 33)), bws=None,
         ref = key[dt.labels.index("single")]
         gain = 100.0 * (ref - best_v) / ref
     rng = (getattr(model, "ranges_", None) or {}).get("seq_len")
-    n = seq_len if seq_len is not None else model._shape(model_name).seq_len
+    n = seq_len if seq_len is not None else next(
+        m["seq_len"] for m in model.models_ if model_name in (None, m["name"]))
     extrap = bool(rng and not (rng[0] - 1e-9 <= n <= rng[1] + 1e-9))
     return {"table": dt, "labels": dt.labels, "best": dt.best, "batch": dt.batches, "bw": dt.bws,
             "gain_single_pct": gain, "margin_pct": 100.0 * dt.margin, "seq_len": n,
