@@ -39,7 +39,6 @@ log = logging.getLogger("runtime.profile")
 RAW_KIND = "prism-edge.perfmap.raw"
 RAW_SCHEMA_VERSION = 1
 DEFAULT_CRS = (3.3, 4.95, 9.9)
-DISTRIBUTED = ("voltage", "prism")
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -98,7 +97,7 @@ class SweepSpec:
                                                "(single runs on one device by itself)")
         for i in self.img_sizes:
             need(isinstance(i, int) and i >= 1, f"img_size={i} must be a positive integer")
-        if any(s in self.strategies for s in DISTRIBUTED):
+        if any(s != "single" for s in self.strategies):
             need(len(self.bws) > 0, "bw is empty; the distributed strategies need at least one rate")
             need(len(self.world_sizes) > 0, "world_size is empty; the distributed strategies need P >= 2")
         if "prism" in self.strategies:
@@ -403,7 +402,8 @@ def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
             if est and est > 0:
                 row["energy_est_j"], row["energy_model"] = float(est), label
         if plan.get("blocks"):
-            row["blocks"] = every[0]["timing"]["blocks"]
+            row["blocks"] = [{k: (int(v) if k.endswith("_bytes") else v) for k, v in blk.items()}
+                             for blk in every[0]["timing"]["blocks"]]
         emit(row)
 
 
@@ -472,7 +472,7 @@ class Sweep:
         counts, namespace permissions, the raw log's protocol. Raises ValueError."""
         from .testbed import TestbedError, resolve_mode
 
-        need_net = any(s in DISTRIBUTED for s in self.spec.strategies)
+        need_net = any(s != "single" for s in self.spec.strategies)
         self.mode = None
         if need_net:
             try:
@@ -682,7 +682,7 @@ class Sweep:
         checks = self.link_checks or _checks_from(records)
         ncores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         ws_all = sorted({r["world_size"] for r in records} | set(sp.world_sizes if any(
-            s in DISTRIBUTED for s in sp.strategies) else ()) | ({1} if "single" in sp.strategies else set()))
+            s != "single" for s in sp.strategies) else ()) | ({1} if "single" in sp.strategies else set()))
         mode = self.mode or "none"
         return {
             "schema_version": 1, "kind": "prism-edge.perfmap", "source": "measured",
@@ -842,7 +842,17 @@ def profile_main(a, argv_tail) -> int:
         sweep.prepare()
     except ValueError as e:
         raise UsageError(str(e))
-    d = sweep.run()
+    from .testbed import TestbedError
+
+    try:
+        d = sweep.run()
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {len(sweep.raw.rows)} rows are kept in {sweep.raw_path}: "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
+    except TestbedError as e:
+        print(f"error: emulated network: {e} (rows so far are kept in {sweep.raw_path})", file=sys.stderr)
+        return 1
     s = d["sweep"]
     print(json.dumps({"out": a.out, "raw": sweep.raw_path, "n_records": s["n_records"],
                       "n_errors": s["n_errors"], "duration_s": s["duration_s"],

@@ -326,7 +326,10 @@ class Testbed:
         if not self.install_signal_handlers or threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old_handlers[sig] = signal.getsignal(sig)
+            old = signal.getsignal(sig)
+            if old == signal.SIG_IGN:       # e.g. SIGINT of a background job: stays ignored
+                continue
+            self._old_handlers[sig] = old
             signal.signal(sig, self._on_signal)
 
     def _restore_handlers(self) -> None:

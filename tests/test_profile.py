@@ -28,7 +28,7 @@ def _mode() -> str:
 # --------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("args, msg", [
-    (["--strategy", "single,galaxy"], "unknown strategy 'galaxy'; known: ["),
+    (["--strategy", "single,warp"], "unknown strategy 'warp'; known: ["),
     (["--bw", "0"], "bw=0.0 Mbit/s must be > 0"),
     (["--bw", "300,-1"], "bw=-1.0 Mbit/s must be > 0"),
     (["--bw", "fast"], "--bw value 'fast' is not a number"),

@@ -77,6 +77,23 @@ def test_rate_within_5_percent_and_live_change():
     assert _names("ptrate") == []
 
 
+@pytest.mark.netns
+@pytest.mark.skipif(not _netns_ok(), reason="needs root, ip netns and tc")
+def test_delay_is_applied_or_recorded_as_not_applied():
+    with Testbed(2, 100, delay_ms=5.0, prefix="ptdly") as tb:
+        link = dict(tb.link)
+        kinds = {q["kind"] for q in json.loads(subprocess.run(
+            ["tc", "-n", tb.namespaces[0], "-j", "qdisc", "show", "dev", "eth0"],
+            capture_output=True, text=True).stdout)}
+    assert link["delay_ms_requested"] == 5.0
+    if link["netem_available"]:
+        assert link["delay_method"].startswith("netem") and link["delay_ms"] == 5.0
+        assert {"netem", "tbf"} <= kinds
+    else:                      # never reported as applied when it was not
+        assert link["delay_method"] == "none: netem unavailable" and link["delay_ms"] == 0.0
+        assert kinds == {"tbf"}
+
+
 _EXCHANGE = textwrap.dedent("""
     import json, os, statistics, time, torch, torch.distributed as dist
     from runtime import exchange as xch
