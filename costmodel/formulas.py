@@ -13,7 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-STRATEGIES_ANALYTICAL = ("single", "voltage", "prism")
+STRATEGIES_ANALYTICAL = ("single", "voltage", "prism", "tensor_parallel", "galaxy")
+# head/column-split strategies (runtime/tensor_parallel.py); formulas at the end of this file
+TP_STRATEGIES = ("tensor_parallel", "galaxy")
+COLLECTIVES = ("native", "pairwise")
 EXCHANGE_MODES = ("pairwise", "allgather")
 
 
@@ -189,10 +192,17 @@ class Plan:
     exchange: str = "pairwise"
     elem_bytes: int = 4
     kv_rows: tuple[int, ...] = field(default=())
+    heads_split: tuple[int, ...] = field(default=())    # tensor_parallel / galaxy: heads per device
+    cols_split: tuple[int, ...] = field(default=())     # MLP hidden columns per device
+    collective: str = ""                                # "native" / "pairwise" (TP_STRATEGIES)
+    tiles: int = 1                                      # galaxy: row tiles per message
 
     @property
     def n_exchanges(self) -> int:
-        """Exchanges per forward pass (one per block when distributed)."""
+        """Exchanges per forward pass (one per block when distributed; tensor_parallel:
+        2 all-reduces per block; galaxy: 2 reduce-scatters + 2 all-gathers per block)."""
+        if self.strategy in TP_STRATEGIES:
+            return 0 if self.world_size == 1 else self.shape.n_layers * (2 if self.strategy == "tensor_parallel" else 4)
         return 0 if self.strategy == "single" or self.world_size == 1 else self.shape.n_layers
 
     def rows_sent(self, rank: int) -> int:
@@ -211,6 +221,8 @@ class Plan:
 
     def comm_bytes(self, rank: int) -> int:
         """Bytes one device sends per forward pass: (P-1) * rows * d * b * B per block."""
+        if self.strategy in TP_STRATEGIES:
+            return tp_comm_bytes(self, rank)
         if self.n_exchanges == 0:
             return 0
         per_block = (self.world_size - 1) * self.rows_per_message(rank) * self.shape.d \
@@ -219,6 +231,8 @@ class Plan:
 
     def recv_bytes(self, rank: int) -> int:
         """Bytes one device receives per forward pass."""
+        if self.strategy in TP_STRATEGIES:
+            return tp_comm_bytes(self, rank)    # pairwise RS+AG and the ring: recv == sent
         if self.n_exchanges == 0:
             return 0
         rows = sum(self.rows_per_message(q) for q in range(self.world_size) if q != rank)
@@ -227,6 +241,8 @@ class Plan:
     def staged_bytes(self, rank: int) -> int:
         """Bytes copied device->host (own rows) plus host->device (every peer's rows) per
         pass when the model sits on an accelerator; padding is never staged."""
+        if self.strategy in TP_STRATEGIES:
+            return tp_staged_bytes(self, rank)
         if self.n_exchanges == 0:
             return 0
         rows = sum(self.rows_sent(q) for q in range(self.world_size))
@@ -236,6 +252,8 @@ class Plan:
         """FLOPs of one device for the whole batch (blocks, plus own-token embedding and,
         on device 0, the head)."""
         s = self.shape
+        if self.strategy in TP_STRATEGIES:
+            return tp_flops(self, rank, embed=embed, head=head)
         f = s.n_layers * block_flops(self.sizes[rank], self.kv_rows[rank], s.d, s.d_ff)
         if embed:
             f += s.embed_flops * self.sizes[rank] / s.seq_len
@@ -247,7 +265,7 @@ class Plan:
         return max(self.flops(r, **kw) for r in range(self.world_size))
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "strategy": self.strategy, "model": self.shape.name, "seq_len": self.shape.seq_len,
             "world_size": self.world_size, "batch": self.batch, "partition": list(self.sizes),
             "m": self.m, "cr": self.cr, "exchange": self.exchange,
@@ -256,13 +274,21 @@ class Plan:
             "staged_bytes": [self.staged_bytes(r) for r in range(self.world_size)],
             "gflops": [self.flops(r) / 1e9 for r in range(self.world_size)],
         }
+        if self.strategy in TP_STRATEGIES:
+            out.update(heads=list(self.heads_split), cols=list(self.cols_split),
+                       collective=self.collective, tiles=self.tiles)
+        return out
 
 
 def make_plan(strategy: str, shape: ModelShape, *, world_size: int = 2, batch: int = 1,
               cr: float | None = None, m: int | None = None,
               partition: Sequence[int] | None = None, exchange: str = "pairwise",
-              elem_bytes: int = 4) -> Plan:
-    """Resolve a strategy on a shape; validates every argument with a one-line error."""
+              elem_bytes: int = 4, heads: Sequence[int] | None = None,
+              cols: Sequence[int] | None = None, collective: str | None = None,
+              tiles: int | None = None) -> Plan:
+    """Resolve a strategy on a shape; validates every argument with a one-line error.
+    heads / cols / collective / tiles apply to tensor_parallel and galaxy only
+    (see make_tp_plan)."""
     if strategy not in STRATEGIES_ANALYTICAL:
         raise ValueError(f"unknown strategy {strategy!r}; known: {list(STRATEGIES_ANALYTICAL)}")
     if exchange not in EXCHANGE_MODES:
@@ -272,6 +298,14 @@ def make_plan(strategy: str, shape: ModelShape, *, world_size: int = 2, batch: i
     if not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size={world_size} must be an integer >= 1")
     n = shape.seq_len
+    if strategy in TP_STRATEGIES:
+        if cr is not None or m is not None:
+            raise ValueError(f"{strategy} splits heads and columns; cr and m apply to prism only")
+        return make_tp_plan(strategy, shape, world_size=world_size, batch=batch, partition=partition,
+                            heads=heads, cols=cols, collective=collective, tiles=tiles,
+                            exchange=exchange, elem_bytes=elem_bytes)
+    if any(v is not None for v in (heads, cols, collective, tiles)):
+        raise ValueError(f"heads/cols/collective/tiles apply to {list(TP_STRATEGIES)}, not to {strategy!r}")
     if strategy == "single":
         if world_size != 1:
             raise ValueError(f"strategy 'single' runs on one device; world_size={world_size} must be 1")
@@ -298,3 +332,156 @@ def comm_reduction(plan: Plan) -> float:
     if plan.strategy != "prism":
         raise ValueError("comm_reduction applies to a prism plan")
     return 1.0 - plan.m / max(plan.sizes)
+
+
+# --------------------------------------------------------------------------- tensor_parallel / galaxy
+#
+# Per block, per device r (N tokens, d, element size b, batch B, P devices):
+#   tensor_parallel: 2 all-reduces of the (B, N, d) partial sums (after attention's proj,
+#     after the MLP's fc2). A ring all-reduce (GLOO's own, collective "native") sends
+#     2 (P-1)/P * N d b per all-reduce per device; "pairwise" runs it as a reduce-scatter
+#     then an all-gather over the row chunks c = even_partition(N, P), sending
+#     (N - c_r) + (P-1) c_r rows (= 2 (P-1)/P * N when P divides N).
+#   galaxy: 2 reduce-scatters (after attention, after the MLP) and 2 all-gathers (before
+#     the MLP, before the next attention) over the sequence split n: device r sends
+#     (N - n_r) rows per reduce-scatter and (P-1) n_r rows per all-gather, so per block
+#     2 ((N - n_r) + (P-1) n_r) rows: tensor parallelism's traffic (Galaxy's claim).
+#   voltage sends (P-1) n_r rows per block, so Voltage : tensor_parallel = 1 : 4 for even
+#     splits: (P-1)/P N  vs  2 * 2 (P-1)/P N.
+# GLOO's own reduce_scatter sends an all-reduce's bytes (2 (P-1)/P N d b, measured with
+# /proc/self/io on torch 2.14 GLOO), so galaxy never uses it: its reduce-scatter is
+# pairwise isend/irecv of the partial sums and sends (P-1)/P N d b.
+
+def split_even(n: int, p: int) -> list[int]:
+    """n units (heads, columns) over p devices, the first n mod p get one more; may give
+    0 to some devices when n < p."""
+    if p < 1:
+        raise ValueError(f"world_size={p} must be >= 1")
+    return [n // p + (1 if i < n % p else 0) for i in range(p)]
+
+
+def split_proportional(n: int, weights: Sequence[float], *, minimum: int = 0) -> list[int]:
+    """n units over devices in proportion to `weights` (largest remainder), each part at
+    least `minimum`."""
+    w = [float(x) for x in weights]
+    if not w or any(not math.isfinite(x) or x <= 0 for x in w):
+        raise ValueError(f"weights {list(weights)} must all be finite and > 0")
+    if minimum * len(w) > n:
+        raise ValueError(f"{n} units cannot give each of {len(w)} devices at least {minimum}")
+    free = n - minimum * len(w)
+    raw = [free * x / sum(w) for x in w]
+    out = [int(math.floor(r)) for r in raw]
+    for i in sorted(range(len(w)), key=lambda i: out[i] - raw[i])[: free - sum(out)]:
+        out[i] += 1
+    return [o + minimum for o in out]
+
+
+def _check_units(split, total: int, p: int, what: str) -> tuple[int, ...]:
+    if split is None:
+        return tuple(split_even(total, p))
+    vals = [int(v) for v in split]
+    if len(vals) != p:
+        raise ValueError(f"{what} split {vals} has {len(vals)} parts for world_size={p}")
+    if any(v < 0 for v in vals) or sum(vals) != total:
+        raise ValueError(f"{what} split {vals} must be >= 0 each and sum to {total}")
+    return tuple(vals)
+
+
+def make_tp_plan(strategy: str, shape: ModelShape, *, world_size: int, batch: int = 1,
+                 partition: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+                 cols: Sequence[int] | None = None, collective: str | None = None,
+                 tiles: int | None = None, exchange: str = "pairwise",
+                 elem_bytes: int = 4) -> Plan:
+    """tensor_parallel / galaxy. heads: attention heads per device; cols: MLP hidden
+    columns per device (both even by default, may be 0 on a device); partition: galaxy's
+    sequence split of the connective ops (tensor_parallel keeps every row on every device;
+    its `sizes` are the row chunks of a pairwise all-reduce). collective: tensor_parallel's
+    all-reduce, "native" (GLOO ring, the default) or "pairwise"; galaxy is always pairwise.
+    tiles: galaxy's row tiles per message (>= 1)."""
+    if strategy not in TP_STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; known: {list(TP_STRATEGIES)}")
+    n, p = shape.seq_len, world_size
+    hs = _check_units(heads, shape.heads, p, "heads")
+    cs = _check_units(cols, shape.d_ff, p, "cols")
+    if strategy == "tensor_parallel":
+        coll = "native" if collective is None else collective
+        if coll not in COLLECTIVES:
+            raise ValueError(f"unknown collective {coll!r}; known: {list(COLLECTIVES)}")
+        if partition is not None:
+            raise ValueError("tensor_parallel keeps every token on every device; partition applies "
+                             "to voltage, prism and galaxy")
+        if tiles not in (None, 1):
+            raise ValueError(f"tiles={tiles}: tile overlap applies to galaxy only")
+        sizes, t = even_partition(n, p), 1
+    else:
+        coll = "pairwise" if collective is None else collective
+        if coll != "pairwise":
+            raise ValueError(f"galaxy collective {coll!r}; allowed: ['pairwise'] (GLOO's reduce_scatter "
+                             "sends an all-reduce's bytes)")
+        sizes = check_partition(partition, n) if partition is not None else even_partition(n, p)
+        if len(sizes) != p:
+            raise ValueError(f"partition {sizes} has {len(sizes)} parts for world_size={p}")
+        t = 1 if tiles is None else tiles
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise ValueError(f"tiles={tiles} must be an integer >= 1")
+    return Plan(strategy, shape, p, batch, tuple(sizes), kv_rows=(n,) * p, exchange=exchange,
+                elem_bytes=elem_bytes, heads_split=hs, cols_split=cs, collective=coll, tiles=t)
+
+
+def ring_allreduce_bytes(numel: int, world_size: int, elem_bytes: int = 4) -> int:
+    """Bytes one device sends in a ring all-reduce of numel elements: 2 (P-1)/P numel b."""
+    return 2 * (world_size - 1) * numel * elem_bytes // world_size
+
+
+def rs_ag_rows(sizes: Sequence[int], rank: int) -> int:
+    """Rows one device sends in a pairwise reduce-scatter plus all-gather over row chunks
+    `sizes`: (N - s_r) + (P-1) s_r (also the rows it receives)."""
+    n, p = sum(sizes), len(sizes)
+    return (n - sizes[rank]) + (p - 1) * sizes[rank]
+
+
+def tp_comm_bytes(plan: Plan, rank: int) -> int:
+    """Bytes one device sends per forward pass under tensor_parallel / galaxy."""
+    if plan.world_size == 1:
+        return 0
+    s, unit = plan.shape, plan.shape.d * plan.elem_bytes * plan.batch
+    if plan.collective == "native":
+        per_block = 2 * ring_allreduce_bytes(s.seq_len * s.d * plan.batch, plan.world_size, plan.elem_bytes)
+    else:
+        per_block = 2 * rs_ag_rows(plan.sizes, rank) * unit
+    return per_block * s.n_layers
+
+
+def tp_staged_bytes(plan: Plan, rank: int) -> int:
+    """Bytes copied device->host plus host->device per pass on an accelerator: native
+    all-reduce N rows each way; pairwise reduce-scatter (N - s_r) out, (P-1) s_r in;
+    pairwise all-gather s_r out, (N - s_r) in."""
+    if plan.world_size == 1:
+        return 0
+    n, sr, p = plan.shape.seq_len, plan.sizes[rank], plan.world_size
+    rows = 2 * n if plan.collective == "native" else (n - sr) + (p - 1) * sr + sr + (n - sr)
+    return 2 * rows * plan.shape.d * plan.elem_bytes * plan.batch * plan.shape.n_layers
+
+
+def tp_block_flops(rows: int, kv_rows: int, d: int, attn_dim: int, cols: int) -> float:
+    """Matmul FLOPs of one block on one device holding `attn_dim` = heads_r * head_dim
+    attention columns and `cols` MLP columns: q (2 L d A), k and v (4 Lkv d A), scores and
+    A.V (4 L Lkv A), proj (2 L A d), fc1 + fc2 (4 L d c). With A = d, c = d_ff this is
+    block_flops."""
+    return (2 * rows * d * attn_dim + 4 * kv_rows * d * attn_dim + 4 * rows * kv_rows * attn_dim
+            + 2 * rows * attn_dim * d + 4 * rows * d * cols)
+
+
+def tp_flops(plan: Plan, rank: int, *, embed: bool = True, head: bool = True) -> float:
+    """FLOPs of one device for the whole batch under tensor_parallel / galaxy: every device
+    runs its heads and columns over all N rows (the connective ops, not matmuls, are
+    duplicated by tensor_parallel and split by galaxy). Embedding: tensor_parallel needs
+    all N rows on every device; galaxy is charged its own rows (as voltage)."""
+    s = plan.shape
+    a = plan.heads_split[rank] * (s.d // s.heads)
+    f = s.n_layers * tp_block_flops(s.seq_len, s.seq_len, s.d, a, plan.cols_split[rank])
+    if embed:
+        f += s.embed_flops * (1.0 if plan.strategy == "tensor_parallel" else plan.sizes[rank] / s.seq_len)
+    if head and rank == 0:
+        f += s.head_flops
+    return f * plan.batch

@@ -243,3 +243,7 @@ class Prism(Strategy):
             if self.averaged == "output":
                 remote = ad.kv_input(i, remote)
             return ad.block(i, x, remote, run.bias if mk is None else mk.bias)
+
+
+# tensor_parallel and galaxy register themselves into the same registry
+from . import tensor_parallel  # noqa: E402,F401
