@@ -1,0 +1,232 @@
+"""Heterogeneity-aware planning: from profiled per-device speeds, the partition sizes
+(voltage / prism), head and column splits (tensor_parallel) and head, column and row
+splits (galaxy) that minimise the predicted latency; and a way to make one emulated
+device slower.
+
+    speeds = profile_speed(adapter)                 # FLOP/s of this rank, one block
+    plan = plan_splits("galaxy", adapter.shape, speeds_of_every_rank, bw=300)
+    create_strategy("galaxy", **plan.options).apply(adapter, DistContext(..., partition=plan.partition))
+
+Predicted latency (ms) of a plan: max_r flops_r / speed_r  +  max_r comm_bytes_r * 8 / bw
+(+ latency_ms per exchange). Every block is the same and synchronises with its peers,
+so the pass is paced by the slowest device's compute; comm is charged without overlap
+(an upper bound for galaxy). The FLOPs and bytes are costmodel.formulas' (Plan.flops,
+Plan.comm_bytes). Galaxy's sequence split only moves the connective ops (not matmuls),
+so its rows are sized in proportion to speed.
+
+Slow device: `cpu_quota(fraction)` puts the calling process (all its threads) into a
+cgroup with a CFS bandwidth quota (cgroup v2 cpu.max or v1 cpu.cfs_quota_us) of
+`fraction` CPUs per 10 ms period: the kernel runs it at most that share of one core, as
+a board with a slower CPU would, compute and its GLOO I/O threads alike. The planner
+does not assume the fraction: it uses the speeds measured under the quota (on a loaded
+host a quota of 0.5 may bind less than that, and the profiled speed says so).
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from costmodel.formulas import (ModelShape, Plan, block_flops, make_plan, split_even,
+                                split_proportional)
+
+PLANNED = ("voltage", "prism", "tensor_parallel", "galaxy")
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+# --------------------------------------------------------------------------- slow device
+
+@contextlib.contextmanager
+def cpu_quota(fraction: float, *, period_us: int = 10_000, root: str = CGROUP_ROOT,
+              pid: Optional[int] = None):
+    """Run process `pid` (default: this one, every thread) under a CFS quota of
+    `fraction` of one CPU per `period_us`; restores the cgroup on exit. Needs write access
+    to the cpu controller (root); raises PermissionError/RuntimeError with the reason."""
+    if not 0.01 <= float(fraction) <= 64:
+        raise ValueError(f"fraction={fraction} CPUs must be in [0.01, 64]")
+    if not 1000 <= int(period_us) <= 1_000_000:
+        raise ValueError(f"period_us={period_us} must be in [1000, 1000000]")
+    pid = os.getpid() if pid is None else int(pid)
+    quota = max(1000, int(round(fraction * period_us)))
+    v2 = os.path.exists(os.path.join(root, "cgroup.controllers"))
+    base = root if v2 else os.path.join(root, "cpu")
+    if not os.path.isdir(base):
+        raise RuntimeError(f"no cpu cgroup controller under {root}; cpu_quota needs cgroup v1 cpu "
+                           "or v2 with the cpu controller")
+    cg = os.path.join(base, f"prism-edge-quota-{pid}")
+    with open(f"/proc/{pid}/cgroup") as f:
+        lines = f.read().splitlines()
+    prev = next((ln.split(":", 2)[2] for ln in lines
+                 if (ln.startswith("0::") if v2 else ":cpu:" in ln or ":cpu," in ln)), "/")
+    os.makedirs(cg, exist_ok=True)
+    try:
+        if v2:
+            _write(os.path.join(cg, "cpu.max"), f"{quota} {period_us}")
+        else:
+            _write(os.path.join(cg, "cpu.cfs_period_us"), str(period_us))
+            _write(os.path.join(cg, "cpu.cfs_quota_us"), str(quota))
+        _write(os.path.join(cg, "cgroup.procs"), str(pid))
+        yield cg
+    finally:
+        with contextlib.suppress(OSError):
+            _write(os.path.join(base + prev if prev != "/" else base, "cgroup.procs"), str(pid))
+        with contextlib.suppress(OSError):
+            os.rmdir(cg)
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def profile_speed(adapter, *, repeats: int = 3, rows: Optional[int] = None) -> float:
+    """This device's speed in FLOP/s: block 0 of the real model on `rows` tokens (default
+    all N), median of `repeats` after one warm-up, divided into the formula's FLOPs."""
+    import torch
+
+    s = adapter.shape
+    n = s.seq_len if rows is None else int(rows)
+    x = torch.randn(1, n, s.d, generator=torch.Generator().manual_seed(0))
+    ts = []
+    with torch.inference_mode():
+        for k in range(repeats + 1):
+            t0 = time.perf_counter()
+            adapter.block(0, x)
+            if k:
+                ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return block_flops(n, n, s.d, s.d_ff) / ts[len(ts) // 2]
+
+
+# --------------------------------------------------------------------------- prediction
+
+def predict_ms(plan: Plan, speeds: Sequence[float], *, bw: Optional[float] = None,
+               latency_ms: float = 0.0) -> float:
+    """Predicted latency in ms: slowest device's FLOPs / speed (FLOP/s), plus the
+    largest per-device traffic at bw Mbit/s (none when bw is None), plus latency_ms per
+    exchange."""
+    if len(speeds) != plan.world_size:
+        raise ValueError(f"{len(speeds)} speeds for world_size={plan.world_size}")
+    comp = max(plan.flops(r) / speeds[r] for r in range(plan.world_size)) * 1e3
+    comm = 0.0 if bw is None else max(plan.comm_bytes(r) for r in range(plan.world_size)) * 8 / (bw * 1e6) * 1e3
+    return comp + comm + plan.n_exchanges * latency_ms
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """A chosen split: `options` for create_strategy, `partition` for DistContext."""
+
+    strategy: str
+    partition: Optional[tuple]
+    options: dict
+    predicted_ms: float
+    speeds: tuple
+    even_predicted_ms: float
+    plan: Plan = field(repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        return {"strategy": self.strategy, "partition": None if self.partition is None else list(self.partition),
+                "options": {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()},
+                "predicted_ms": self.predicted_ms, "even_predicted_ms": self.even_predicted_ms,
+                "speeds_gflops": [s / 1e9 for s in self.speeds]}
+
+
+def _descend(x: list, lo: int, f, steps) -> tuple:
+    """Integer local search on a vector with a fixed sum: move `step` units between any
+    two entries while the objective f improves."""
+    best = f(x)
+    for step in steps:
+        improved = True
+        while improved:
+            improved = False
+            for i, j in itertools.permutations(range(len(x)), 2):
+                if x[i] - step < lo:
+                    continue
+                y = list(x)
+                y[i] -= step
+                y[j] += step
+                v = f(y)
+                if v < best - 1e-12:
+                    x, best, improved = y, v, True
+    return x, best
+
+
+def _steps(n: int) -> list:
+    out, s = [], 1
+    while s <= max(1, n // 4):
+        out.append(s)
+        s *= 4
+    return sorted(out, reverse=True)
+
+
+def _compositions(n: int, p: int):
+    for cut in itertools.combinations(range(n + p - 1), p - 1):
+        prev, parts = -1, []
+        for c in cut + (n + p - 1,):
+            parts.append(c - prev - 1)
+            prev = c
+        yield parts
+
+
+def plan_splits(strategy: str, shape: ModelShape, speeds: Sequence[float], *,
+                bw: Optional[float] = None, batch: int = 1, latency_ms: float = 0.0,
+                cr: Optional[float] = None, m: Optional[int] = None,
+                collective: Optional[str] = None, tiles: Optional[int] = None) -> SplitPlan:
+    """The split of `strategy` over devices of the given speeds (FLOP/s, by rank) that
+    minimises predict_ms. voltage / prism: token partition; tensor_parallel: heads and
+    MLP columns; galaxy: heads, columns (searched) and rows (in proportion to speed)."""
+    if strategy not in PLANNED:
+        raise ValueError(f"unknown strategy {strategy!r} to plan; known: {list(PLANNED)}")
+    speeds = tuple(float(s) for s in speeds)
+    p, n = len(speeds), shape.seq_len
+    if p < 2:
+        raise ValueError(f"{p} speeds; planning needs world_size >= 2")
+    if any(not s > 0 for s in speeds):
+        raise ValueError(f"speeds {list(speeds)} must all be > 0 FLOP/s")
+    pred = lambda pl: predict_ms(pl, speeds, bw=bw, latency_ms=latency_ms)  # noqa: E731
+    if strategy in ("voltage", "prism"):
+        kw = dict(cr=cr, m=m) if strategy == "prism" else {}
+
+        def mk(sizes):
+            return make_plan(strategy, shape, world_size=p, batch=batch, partition=sizes, **kw)
+
+        def f(sizes):
+            try:
+                return pred(mk(sizes))
+            except ValueError:          # e.g. prism's cr larger than a part allows
+                return float("inf")
+
+        even = mk(None)
+        start = split_proportional(n, speeds, minimum=1)
+        sizes, best = _descend(start, 1, f, _steps(n))
+        if best >= pred(even):
+            sizes, best = list(even.sizes), pred(even)
+        return SplitPlan(strategy, tuple(sizes), dict(kw), best, speeds, pred(even), mk(sizes))
+
+    extra = {"collective": collective} if collective else {}
+    if strategy == "galaxy" and tiles is not None:
+        extra["tiles"] = tiles
+    rows = tuple(split_proportional(n, speeds, minimum=1)) if strategy == "galaxy" else None
+
+    def mk(heads, cols, part=rows):
+        return make_plan(strategy, shape, world_size=p, batch=batch, heads=heads, cols=cols,
+                         partition=part, **extra)
+
+    even = mk(None, None, None)
+    # ties (within 0.5 %) go to the heads split closest to proportional to speed
+    target = [shape.heads * s / sum(speeds) for s in speeds]
+    dist = lambda hs: sum(abs(h - t) for h, t in zip(hs, target))  # noqa: E731
+    cands = []
+    for heads in _compositions(shape.heads, p):
+        cols0 = split_proportional(shape.d_ff, speeds)
+        cols, v = _descend(cols0, 0, lambda c: pred(mk(heads, c)), _steps(shape.d_ff))
+        cands.append((v, tuple(heads), tuple(cols)))
+    vmin = min(c[0] for c in cands)
+    v, heads, cols = min((c for c in cands if c[0] <= vmin * 1.005), key=lambda c: (dist(c[1]), c[0]))
+    if v >= pred(even):
+        rows = None
+    opts = dict(heads=heads, cols=cols, **extra)
+    return SplitPlan(strategy, rows, opts, v, speeds, pred(even), mk(heads, cols, rows))
