@@ -623,7 +623,9 @@ class Sweep:
             finally:
                 state["open"] = False
             remaining = [c for c in remaining if c.key not in got]
-            if err is None and not remaining:
+            if not remaining:
+                if err is not None:   # every row is in; a rank then failed on its way out
+                    log.warning("group %s: all rows measured, then: %s", g, err)
                 return
             if err is None:
                 err = "ranks exited without measuring this configuration"
