@@ -47,8 +47,8 @@ def part_args(name: str, out_dir: str, raw_dir: str, models=MODELS, **over) -> l
     args = ["profile", "--model", ",".join(models)]
     for k, v in ax.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
-    args += ["--out", os.path.join(out_dir, f"cpu-netns-vit-{name}.json"),
-             "--raw", os.path.join(raw_dir, f"cpu-netns-vit-{name}.raw.jsonl")]
+    args += ["--out", os.path.join(out_dir, f"testbed_vit_{name}.json"),
+             "--raw", os.path.join(raw_dir, f"testbed_vit_{name}.raw.jsonl")]
     return args
 
 
