@@ -278,3 +278,42 @@ def test_minilm_real_weights_single_device():
     res, logits = _run(ad, x, "single")
     valid = x.attention_mask.bool()
     assert torch.allclose(res.features[valid], ref_h[valid], **TOL)
+
+
+# --------------------------------------------------------------------------- shipped data
+
+def _table(name):
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "data", "fidelity", name)
+    with open(path) as f:
+        t = json.load(f)
+    assert t["schema_version"] == 1 and t["rows"]
+    return t
+
+
+def test_shipped_fidelity_tables_are_consistent():
+    """Exact settings in the shipped tables reproduce the exact model; device 0 under
+    the causal mask is exact at every CR."""
+    vit = _table("vit_digits_accuracy.json")
+    exact = [r["accuracy"] for r in vit["rows"] if r["strategy"] == "exact"][0]
+    lp = {2: 33, 4: 17}
+    for r in vit["rows"]:
+        if r["strategy"] == "voltage" or r.get("m") == lp[r["world_size"]]:
+            assert r["accuracy"] == exact and r["agreement"] == 1.0, r
+    gpt = _table("gpt2_bytes_accuracy.json")
+    dev0 = {w: [r for r in gpt["rows"] if r["world_size"] == w and r["strategy"] == "voltage"][0]
+            ["per_device"][0]["next_byte_accuracy"] for w in (2, 4)}
+    for r in gpt["rows"]:
+        if r["strategy"] == "prism":
+            assert r["per_device"][0]["next_byte_accuracy"] == dev0[r["world_size"]], r
+    mini = _table("minilm.json")
+    assert mini["sentences"] >= 200
+    for r in mini["rows"]:
+        if r["strategy"] == "voltage":
+            assert r["cos_min"] > 0.9999 and r["nn_top1_agreement"] == 1.0, r
+        else:   # BERT is post-LN: both averaged-tensor choices are the same tensor
+            twin = [q for q in mini["rows"] if q["strategy"] == "prism" and q["cr"] == r["cr"]
+                    and q["world_size"] == r["world_size"] and q["log_bias"] == r["log_bias"]]
+            assert len({q["cos_mean"] for q in twin}) == 1, twin
