@@ -33,6 +33,7 @@ CONFIGS = [  # (label, strategy, options)
     ("tensor_parallel", "tensor_parallel", {}),
     ("tensor_parallel pairwise", "tensor_parallel", {"collective": "pairwise"}),
     ("galaxy tiles=2", "galaxy", {"tiles": 2}),
+    ("galaxy tiles=1", "galaxy", {"tiles": 1}),
     ("galaxy no overlap", "galaxy", {"tiles": 1, "overlap": False}),
 ]
 
@@ -167,8 +168,39 @@ def _entry(rank, job, world, port, out_dir, a):
             json.dump(res, f)
 
 
+def _worker(job, args_json):
+    """One rank started by the testbed (env RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT);
+    rank 0 prints the rows as one JSON line."""
+    import torch
+
+    from runtime import exchange as xch
+
+    a = argparse.Namespace(**json.loads(args_json))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    torch.set_num_threads(a.threads)
+    xch.init_process_group(rank, world, timeout_s=a.timeout)
+    try:
+        res = {"table": job_table, "hetero": job_hetero}[job](rank, world, a)
+    finally:
+        xch.destroy()
+    if rank == 0:
+        print(json.dumps(res), flush=True)
+
+
 def launch(job, world, a) -> list:
     import torch.multiprocessing as mp
+
+    if a.testbed_bw:
+        from runtime.testbed import Testbed
+
+        with Testbed(world, a.testbed_bw) as tb:
+            a.link_mbps = tb.measure_bw()
+            out = tb.launch([sys.executable, os.path.abspath(__file__), "_worker", job,
+                             json.dumps(vars(a))], timeout_s=a.timeout * 4)
+        rows = json.loads((out if isinstance(out, str) else out.decode()).strip().splitlines()[-1])
+        for r in rows:
+            r.update(bw=a.testbed_bw, bw_measured=a.link_mbps)
+        return rows
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -206,6 +238,9 @@ def print_table(rows, *, hetero=False):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_worker":
+        return _worker(argv[1], argv[2])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("job", choices=["table", "hetero"])
     ap.add_argument("--model", default="vit_small_patch16_224")
@@ -223,6 +258,9 @@ def main(argv=None):
     ap.add_argument("--bw", type=float, default=None, help="planner's link rate, Mbit/s (none: compute only)")
     ap.add_argument("--profile-repeats", type=int, default=3)
     ap.add_argument("--out", default=None, help="write rows as JSON here")
+    ap.add_argument("--testbed-bw", type=float, default=None,
+                    help="run the ranks in the emulated network (runtime.testbed) at this "
+                         "Mbit/s instead of loopback")
     a = ap.parse_args(argv)
     a.only = [s for s in a.only.split(",") if s]
     a.quotas = [float(q) or None for q in a.quotas.split(",")]
@@ -240,7 +278,8 @@ def main(argv=None):
               f"under quotas {a.quotas}")
         print_table(rows, hetero=True)
     load = os.getloadavg()
-    print(f"# {a.model} img_size={a.img_size} depth={a.depth or 'full'} threads/rank={a.threads} "
+    link = f"shaped {a.testbed_bw:g} Mbit/s (measured {a.link_mbps:.0f})" if a.testbed_bw else "loopback"
+    print(f"# {link}; {a.model} img_size={a.img_size} depth={a.depth or 'full'} threads/rank={a.threads} "
           f"repeats={a.repeats}; host {os.cpu_count()} CPUs, load avg {load[0]:.1f}; "
           f"{time.time() - t0:.0f} s", file=sys.stderr)
     if a.out:

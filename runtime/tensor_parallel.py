@@ -87,17 +87,25 @@ class _Layout:
         """(B, L, 3 A_r) projected rows (q | k | v for this device's heads)."""
         return F.linear(h, sh.wqkv, sh.bqkv)
 
+    def keys_values(self, i: int, sh: _Shard, qkv_all: torch.Tensor):
+        """(k, v), each (B, heads_r, N, Dh), k normed; computed once per block."""
+        B, N, _ = qkv_all.shape
+        A, H, Dh = sh.attn_dim, sh.heads, sh.head_dim
+        k = qkv_all[:, :, A:2 * A].reshape(B, N, H, Dh).transpose(1, 2)
+        v = qkv_all[:, :, 2 * A:].reshape(B, N, H, Dh).transpose(1, 2)
+        return self.qk_norm(i, None, k)[1], v
+
     def attend(self, i: int, sh: _Shard, qkv_all: torch.Tensor, a: int, L: int,
-               bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """proj partial sum (B, L, d), no bias, for query rows [a, a+L) over all N rows."""
+               bias: Optional[torch.Tensor], kv=None) -> torch.Tensor:
+        """proj partial sum (B, L, d), no bias, for query rows [a, a+L) over all N rows
+        (kv: keys_values(...) when several row ranges share them)."""
         B, N, _ = qkv_all.shape
         A, H, Dh = sh.attn_dim, sh.heads, sh.head_dim
         if A == 0:
             return qkv_all.new_zeros(B, L, sh.wproj.shape[0])
+        k, v = self.keys_values(i, sh, qkv_all) if kv is None else kv
         q = qkv_all[:, a:a + L, :A].reshape(B, L, H, Dh).transpose(1, 2)
-        k = qkv_all[:, :, A:2 * A].reshape(B, N, H, Dh).transpose(1, 2)
-        v = qkv_all[:, :, 2 * A:].reshape(B, N, H, Dh).transpose(1, 2)
-        q, k = self.qk_norm(i, q, k)
+        q = self.qk_norm(i, q, None)[0]
         b = None if bias is None else bias[:, :, a:a + L]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=b, scale=self.scale(i))
         return F.linear(out.transpose(1, 2).reshape(B, L, A), sh.wproj)
@@ -142,7 +150,7 @@ class ViTLayout(_Layout):
 
     def qk_norm(self, i, q, k):
         a = self.blocks[i].attn
-        return a.q_norm(q), a.k_norm(k)
+        return (None if q is None else a.q_norm(q)), (None if k is None else a.k_norm(k))
 
     def scale(self, i):
         return self.blocks[i].attn.scale
@@ -384,7 +392,8 @@ class _TPBase(Strategy):
 
     def plan(self, adapter, ctx: DistContext, batch: int) -> Plan:
         return make_plan(self.name, adapter.shape, world_size=ctx.world_size, batch=batch,
-                         heads=self.heads, cols=self.cols, exchange=ctx.exchange, **self._plan_kw())
+                         heads=self.heads, cols=self.cols, exchange=ctx.exchange,
+                         partition=ctx.partition, **self._plan_kw())
 
     def apply(self, adapter, ctx: DistContext, batch: int = 1) -> Runner:
         lay = layout_for(adapter)
@@ -486,7 +495,7 @@ class Galaxy(_TPBase):
 
     runner_cls = Runner
 
-    def __init__(self, heads=None, cols=None, tiles: int = 2, overlap: bool = True):
+    def __init__(self, heads=None, cols=None, tiles: int = 1, overlap: bool = True):
         super().__init__(heads, cols)
         self.tiles, self.overlap = tiles, bool(overlap)
 
@@ -516,18 +525,19 @@ class Galaxy(_TPBase):
         ag.finish()
         with timer.phase("compute"):
             qkv_all = torch.cat([t for q in range(ctx.world_size) for t in qkv[q]], dim=1)
+            kv = lay.keys_values(i, sh, qkv_all) if sh.attn_dim else None
         # proj partial sums per destination tile, peers first, each sent as computed
         rs = comm.reduce_scatter(h, sizes)
         pending = []
         for q in comm.peers:
             for k, (a, s) in enumerate(_tiles(sizes[q], comm.tiles)):
                 with timer.phase("compute"):
-                    part = lay.attend(i, sh, qkv_all, offs[q] + a, s, bias)
+                    part = lay.attend(i, sh, qkv_all, offs[q] + a, s, bias, kv)
                 pending.append((q, k, part))
                 if self.overlap:
                     rs.send(*pending.pop())
         with timer.phase("compute"):
-            own = lay.attend(i, sh, qkv_all, offs[r], sizes[r], bias)
+            own = lay.attend(i, sh, qkv_all, offs[r], sizes[r], bias, kv)
         for p in pending:
             rs.send(*p)
         a_sum = rs.reduce(own)

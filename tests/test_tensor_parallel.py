@@ -127,6 +127,8 @@ def test_registry_and_errors():
     vit = build_adapter(ModelSpec(*VIT[:1], seed=0, **VIT[1]))
     with pytest.raises(ValueError, match=r"heads split \[3, 2\].*sum to 6"):
         create_strategy("tensor_parallel", heads=[3, 2]).apply(vit, DistContext(0, 2))
+    with pytest.raises(ValueError, match="tensor_parallel keeps every token"):
+        create_strategy("tensor_parallel").apply(vit, DistContext(0, 2, partition=[9, 8]))
     with pytest.raises(ValueError, match="unknown collective 'ring'"):
         create_strategy("tensor_parallel", collective="ring").apply(vit, DistContext(0, 2))
     with pytest.raises(ValueError, match="galaxy collective"):
