@@ -110,7 +110,10 @@ def run_main(a, argv_tail) -> int:
             xch.destroy()
         if res is not None:
             print(json.dumps(_public(res)))
-        return 0
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # skip interpreter teardown: gloo threads may std::terminate in static destructors
+        os._exit(0)
     if cfg.world_size == 1:
         print(json.dumps(_public(run_rank(cfg, 0, 1))))
         return 0

@@ -36,7 +36,14 @@ def init_process_group(rank: int, world_size: int, *, timeout_s: float = DEFAULT
 
 
 def destroy() -> None:
+    """Tear the group down once every rank is done with it: a barrier first, so no peer
+    is still sending while sockets close (closing under traffic can abort gloo's
+    threads at exit)."""
     if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        except Exception:  # noqa: BLE001 - a dead peer: tear down anyway
+            pass
         dist.destroy_process_group()
 
 

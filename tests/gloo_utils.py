@@ -23,10 +23,13 @@ def _entry(rank, fn, world_size, port, out_dir, args):
     xch.init_process_group(rank, world_size, timeout_s=60, master_addr="127.0.0.1", master_port=port)
     try:
         res = fn(rank, world_size, *args)
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(res, f)
     finally:
         xch.destroy()
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(res, f)
+    # skip interpreter teardown: gloo's background threads can call std::terminate from
+    # static destructors at exit, after all work is done and results are written
+    os._exit(0)
 
 
 def run_ranks(fn, world_size: int, tmp_path, *args) -> list:

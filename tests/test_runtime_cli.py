@@ -27,7 +27,7 @@ def _cli(args, timeout=180, cmd=None):
     (["--strategy", "voltage", "--world-size", "0"], "world_size=0 must be >= 1"),
     (["--strategy", "voltage", "--partition", "10,10"], "sum to 20, not to the 17 tokens"),
     (["--strategy", "voltage", "--partition", "a,b"], "comma-separated integers"),
-    (["--strategy", "nope"], "known: ['prism', 'single', 'voltage'"),
+    (["--strategy", "nope"], "unknown strategy 'nope'; known: ["),
     (["--strategy", "voltage", "--exchange", "bcast"], "known: ['pairwise', 'allgather']"),
     (["--strategy", "single", "--world-size", "2"], "must be 1"),
     (["--strategy", "prism"], "exactly one of --cr or --m"),
