@@ -265,7 +265,7 @@ class Comm:
         if not self.on_accel:
             return t.contiguous()
         with self.timer.phase("staging") as rec:
-            h = t.to("cpu")
+            h = t.contiguous().to("cpu")
             rec.staged_bytes += h.numel() * h.element_size()
         return h
 

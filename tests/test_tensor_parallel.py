@@ -34,6 +34,9 @@ def _check(rank, world, cases):
 
     out = []
     for name, kw, sname, opts, part in cases:
+        opts = dict(opts)
+        fake_accel = opts.pop("_staging", False)
+        _fake_accelerator(fake_accel)
         ad = build_adapter(ModelSpec(name, seed=3, **kw))
         x = ad.make_inputs(2, seed=3)
         with torch.inference_mode():
@@ -52,12 +55,27 @@ def _check(rank, world, cases):
                "bytes": res.timing["totals"]["comm_bytes"],
                "bytes_formula": res.plan.comm_bytes(rank), "wire": wire,
                "n_blocks": len(res.timing["blocks"]),
+               "staged": res.timing["totals"]["staged_bytes"],
+               "staged_formula": res.plan.staged_bytes(rank) if fake_accel else 0,
                "comm_ms": res.timing["totals"]["comm_ms"]}
         if rank == 0:
             row["logit_err"] = (res.logits - ref_logits).abs().max().item()
             row["logit_ok"] = bool(torch.allclose(res.logits, ref_logits, **TOL))
         out.append(row)
     return out
+
+
+def _fake_accelerator(on: bool) -> None:
+    """Make Comm stage as on an accelerator (copies to/from host, counted) while the
+    model stays on the CPU: checks the staging count against the formula without CUDA."""
+    from runtime import tensor_parallel as tp
+
+    if not hasattr(tp.Comm, "_orig_init"):
+        tp.Comm._orig_init = tp.Comm.__init__
+    def init(self, *a, **k):
+        tp.Comm._orig_init(self, *a, **k)
+        self.on_accel = on
+    tp.Comm.__init__ = init
 
 
 def _assert(results, world):
@@ -67,6 +85,7 @@ def _assert(results, world):
             if "logit_ok" in row:
                 assert row["logit_ok"], row
             assert row["bytes"] == row["bytes_formula"] > 0, row
+            assert row["staged"] == row["staged_formula"], row
             # what GLOO wrote to its sockets: the counted bytes plus small message headers
             assert row["bytes"] <= row["wire"] <= 1.03 * row["bytes"] + 4096 * row["n_blocks"], row
 
@@ -82,6 +101,8 @@ def test_p2_even_and_uneven(tmp_path):
         (*TINY, "galaxy", {"heads": [2, 0], "cols": [192, 0]}, [60, 5]),
         (*BERT, "tensor_parallel", {"heads": [2, 0]}, None),
         (*BERT, "galaxy", {"tiles": 2}, [20, 12]),
+        (*VIT, "tensor_parallel", {"_staging": True}, None),
+        (*VIT, "galaxy", {"_staging": True, "tiles": 2}, [12, 5]),
     ]
     _assert(run_ranks(_check, 2, tmp_path, cases), 2)
 
@@ -95,6 +116,7 @@ def test_p3_uneven(tmp_path):
         (*VIT, "galaxy", {"overlap": False}, None),
         (*TINY, "galaxy", {}, [30, 20, 15]),        # 2 heads over 3 devices: one has none
         (*BERT, "galaxy", {}, [14, 10, 8]),           # rank 2's rows are all padding in sample 1
+        (*VIT, "tensor_parallel", {"_staging": True, "collective": "pairwise"}, None),
     ]
     _assert(run_ranks(_check, 3, tmp_path, cases), 3)
 
