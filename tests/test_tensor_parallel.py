@@ -211,3 +211,28 @@ def test_flops_match_single_and_model():
     pl = make_plan("tensor_parallel", ad.shape, world_size=2, heads=[4, 2], cols=[900, 636])
     per_block = pl.flops(1, embed=False, head=False) / ad.shape.n_layers
     assert fc.get_total_flops() == per_block
+
+
+def _gloo_rs_bytes(rank, world):
+    import torch.distributed as dist
+
+    n, d = 64 * world, 384     # large enough that message headers stay under 1 %
+    t = torch.randn(n * d)
+    out = {}
+    for name, fn in (("all_reduce", lambda: dist.all_reduce(t)),
+                     ("reduce_scatter", lambda: dist.reduce_scatter_tensor(torch.empty(n * d // world), t))):
+        dist.barrier()
+        w0 = _wchar()
+        fn()
+        dist.barrier()
+        out[name] = (_wchar() - w0) / (n * d * 4)
+    return out
+
+
+@pytest.mark.gloo
+def test_gloo_reduce_scatter_sends_an_all_reduce(tmp_path):
+    """Why galaxy's reduce-scatter is pairwise: GLOO's reduce_scatter puts an all-reduce's
+    2 (P-1)/P N d b on the wire, twice the (P-1)/P N d b a reduce-scatter needs."""
+    for r in run_ranks(_gloo_rs_bytes, 3, tmp_path):
+        assert r["all_reduce"] == pytest.approx(4 / 3, rel=0.02), r
+        assert r["reduce_scatter"] == pytest.approx(4 / 3, rel=0.02), r
