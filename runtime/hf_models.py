@@ -133,6 +133,9 @@ class HFBertAdapter:
         n = 128 if seq_len is None else seq_len
         _check_seq_len(name, n, cfg.max_position_embeddings)
         self.lengths = tuple(lengths) if lengths else None
+        if self.lengths and not all(1 <= int(v) <= n for v in self.lengths):
+            raise ValueError(f"lengths={list(self.lengths)}; each length must be in [1, {n}] "
+                             f"(seq_len={n})")
         self.shape: ModelShape = bert_shape(
             name, seq_len=n, d=cfg.hidden_size, heads=cfg.num_attention_heads,
             d_ff=cfg.intermediate_size, n_layers=cfg.num_hidden_layers,

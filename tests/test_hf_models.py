@@ -159,6 +159,8 @@ def _cli(*args):
     (["--model", "bert-tiny", "--strategy", "voltage", "--lengths", "10", "--batch", "2"],
      "gives device(s) [1] only padding for every sample"),
     (["--model", "test_vit", "--strategy", "voltage", "--seq-len", "10"], "apply to text models"),
+    (["--model", "bert-tiny", "--strategy", "voltage", "--lengths", "40"], "must be in [1, 32]"),
+    (["--model", "gpt2-tiny", "--strategy", "voltage", "--lengths", "10"], "padding applies to BERT"),
 ])
 def test_cli_bad_input_is_one_line(args, msg):
     rc, out, err = _cli(*args)
