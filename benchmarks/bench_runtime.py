@@ -101,6 +101,47 @@ def bench_exchange(world: int, nbytes: int, reps: int) -> dict:
     return res
 
 
+_SHAPED = """
+import json, os, statistics, sys, time, torch, torch.distributed as dist
+from runtime import exchange as xch
+torch.set_num_threads(1)
+r, w = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+mode, nbytes, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+xch.init_process_group(r, w, timeout_s=300)
+d = 384
+rows = max(1, nbytes // (4 * d))
+t = torch.randn(1, rows, d)
+ex = xch.Exchanger(r, w, torch.device("cpu"), mode)
+ex.exchange(torch.randn(1, 8, d), [8] * w)        # connections warm
+ts = []
+for _ in range(reps):
+    dist.barrier()
+    t0 = time.perf_counter(); ex.exchange(t, [rows] * w); ts.append((time.perf_counter() - t0) * 1e3)
+if r == 0:
+    print(json.dumps({"ms": statistics.median(ts), "bytes": t.numel() * 4}))
+xch.destroy()
+"""
+
+
+def bench_exchange_shaped(bw: float, world: int, nbytes: int, reps: int) -> dict:
+    """Both exchange modes over the emulated network (netns + tbf at `bw` Mbit/s);
+    also bytes/bw, the time a perfectly used link needs for what one rank receives."""
+    from runtime.testbed import Testbed
+
+    out = {}
+    with Testbed(world, bw, prefix="bench") as tb:
+        if tb.mode == "loopback":
+            raise RuntimeError("no namespaces here (needs root): the shaped comparison cannot run")
+        tb.measure_bw()
+        out["bw_measured"] = tb.link.get("bw_measured")
+        for mode in ("allgather", "pairwise"):
+            res = json.loads(tb.launch([sys.executable, "-c", _SHAPED, mode, str(nbytes), str(reps)],
+                                       timeout_s=900).strip().splitlines()[-1])
+            out[mode] = res["ms"]
+        out["bytes_over_bw_ms"] = res["bytes"] * (world - 1) * 8 / (bw * 1e6) * 1e3
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="vit_small_patch16_224")
@@ -110,13 +151,25 @@ def main():
     ap.add_argument("--quick", action="store_true", help="only prism CR 9.9")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                     help="more `runtime run` flags, e.g. --extra --img-size 96 --depth 4")
+    ap.add_argument("--shaped-bw", type=float, default=300.0,
+                    help="also compare the exchange modes over the emulated network at this rate "
+                         "(Mbit/s; needs root), 0 to skip")
+    ap.add_argument("--skip-strategies", action="store_true", help="only the exchange comparison")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_runtime.json"))
     a = ap.parse_args()
 
     t0 = time.time()
-    rows = bench_strategies(a)
+    rows = [] if a.skip_strategies else bench_strategies(a)
     exch = {f"P={w} {nb / 1e6:.1f} MB": bench_exchange(w, nb, 5)
             for w in (2, 3) for nb in (19_000_000, 300_000)}
+    shaped = {}
+    if a.shaped_bw:
+        for w in (2, 3):
+            try:
+                shaped[f"P={w} 19.0 MB"] = bench_exchange_shaped(a.shaped_bw, w, 19_000_000, 3)
+            except RuntimeError as e:
+                print(f"shaped exchange comparison skipped: {e}", file=sys.stderr)
+                break
 
     print(f"\nRuntime on loopback, {a.model}, one core + one thread per rank "
           f"(median of {a.repeats}, {os.cpu_count()} CPUs on this host)")
@@ -124,7 +177,7 @@ def main():
           f"{'staging':>9}{'comm':>9}{'MB sent':>9}{'vs single':>10}"
     print(hdr)
     print("-" * len(hdr))
-    single = {r["batch"]: r["latency_ms"] for r in rows if r["label"] == "single"}
+    single = {r["batch"]: r["latency_ms"] for r in rows if r["label"] == "single"} or {None: 1}
     for r in rows:
         print(f"{r['label']:<14}{r['batch']:>6}{r['seq_len']:>5}{r['latency_ms']:>12.1f}"
               f"{r['per_sample_ms']:>11.1f}{r['compute_ms']:>10.1f}{r['staging_ms']:>9.2f}"
@@ -134,12 +187,21 @@ def main():
     for k, v in exch.items():
         print(f"  {k:<16} all_gather {v['allgather']:8.2f} ms   pairwise {v['pairwise']:8.2f} ms   "
               f"ratio {v['allgather'] / v['pairwise']:.2f}")
+    if shaped:
+        print(f"\nExchange over the emulated network at {a.shaped_bw:g} Mbit/s (median of 3): "
+              "time / (received bytes / bw)")
+        for k, v in shaped.items():
+            ideal = v["bytes_over_bw_ms"]
+            print(f"  {k:<16} all_gather {v['allgather']:8.1f} ms ({v['allgather'] / ideal:.2f}x)   "
+                  f"pairwise {v['pairwise']:8.1f} ms ({v['pairwise'] / ideal:.2f}x)   "
+                  f"bytes/bw {ideal:8.1f} ms   measured link {v['bw_measured']:.1f} Mbit/s")
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     tmp = a.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump({"schema_version": 1, "model": a.model, "batches": a.batches,
                    "repeats": a.repeats, "duration_s": time.time() - t0, "rows": rows,
-                   "exchange_ms": exch}, f, indent=1)
+                   "exchange_ms": exch, "exchange_shaped_ms": shaped, "shaped_bw": a.shaped_bw},
+                  f, indent=1)
     os.replace(tmp, a.out)
     print(f"\nwrote {a.out} ({time.time() - t0:.0f} s)")
 
