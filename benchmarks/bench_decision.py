@@ -34,6 +34,11 @@ def _energy(r):
     return r.get("energy_j") if r.get("energy_j") is not None else r.get("energy_est_j")
 
 
+def _cr(r):
+    """The CR the sweep asked for (the resolved L_p/m differs slightly per token count)."""
+    return r.get("cr_requested") or r["cr"]
+
+
 def situations(pm: PerfMap, crs):
     """{(model, seq, P, batch, bw): {label: record}} with every candidate measured."""
     single = {(r["model"], r["seq_len"], r["batch"]): r for r in pm.usable() if r["strategy"] == "single"}
@@ -42,7 +47,7 @@ def situations(pm: PerfMap, crs):
         if r["strategy"] == "single" or r.get("bw") is None:
             continue
         key = (r["model"], r["seq_len"], r["world_size"], r["batch"], float(r["bw"]))
-        lab = "voltage" if r["strategy"] == "voltage" else f"prism(cr={r['cr']:g})"
+        lab = "voltage" if r["strategy"] == "voltage" else f"prism(cr={_cr(r):g})"
         out.setdefault(key, {})[lab] = r
     full = {}
     want = {"voltage"} | {f"prism(cr={c:g})" for c in crs}
@@ -54,7 +59,7 @@ def situations(pm: PerfMap, crs):
 
 
 def evaluate(pm: PerfMap, folds: int, seed: int = 0) -> dict:
-    crs = sorted({round(r["cr"], 4) for r in pm.usable() if r.get("cr")})
+    crs = sorted({round(_cr(r), 4) for r in pm.usable() if r.get("cr")})
     sits = situations(pm, crs)
     keys = sorted(sits)
     rng = np.random.default_rng(seed)

@@ -103,7 +103,8 @@ class DecisionTable:
                 continue
             if self.model_name and r["model"] != self.model_name:
                 continue
-            s, cr = r["strategy"], r.get("cr")
+            # the requested CR names the candidate (the resolved L_p/m varies with N)
+            s, cr = r["strategy"], r.get("cr_requested") or r.get("cr")
             if s != "single" and r["world_size"] != self.world_size:
                 continue
             for ci, (cs, cc) in enumerate(self.candidates):
