@@ -7,8 +7,9 @@
 Torch-free. A measured perf-map entry for the exact configuration (strategy, cr, batch,
 bw, seq_len, world_size) wins over the model; every other configuration uses the fitted
 cost model. The table is precomputed over a batch x bw grid; a query between grid
-bandwidths takes the nearest lower grid bandwidth (conservative: the link is assumed no
-faster than observed); a query outside the grid is answered by the model directly.
+bandwidths takes a grid bandwidth within 2 % (an estimate of a profiled rate), else the
+nearest lower one (conservative: the link is assumed no faster than observed); a query
+outside the grid is answered by the model directly.
 """
 from __future__ import annotations
 
@@ -147,10 +148,17 @@ class DecisionTable:
         if bw is None or not (bw > 0) or not math.isfinite(bw):
             raise ValueError(f"bw={bw!r} must be a bandwidth > 0 in Mbit/s")
         bi = self._batch_index.get(int(batch))
-        if bi is None or bw < self.bws[0]:
-            return None, None
-        wi = int(np.searchsorted(self.bws, bw, side="right")) - 1
-        return bi, min(wi, len(self.bws) - 1)
+        return (None, None) if bi is None else (bi, self._bw_index(bw))
+
+    def _bw_index(self, bw: float):
+        """Grid bandwidth for an observed rate: a grid point within 2 % (estimates of a
+        profiled rate scatter around it), else the nearest lower one; None below the grid."""
+        j = int(np.searchsorted(self.bws, bw))
+        near = [k for k in (j - 1, j) if 0 <= k < len(self.bws)]
+        k = min(near, key=lambda k: abs(self.bws[k] - bw))
+        if abs(self.bws[k] - bw) <= 0.02 * bw:
+            return k
+        return None if j == 0 else min(j - 1, len(self.bws) - 1)
 
     def choose(self, batch: int, bw: float) -> dict:
         """Best candidate for a batch at a link rate (Mbit/s): mode, strategy, cr, the
@@ -158,7 +166,7 @@ class DecisionTable:
         measured entry decided it, else 'model') and margin (relative gain, 0..1, over the
         runner-up in the objective)."""
         bi, wi = self._index(batch, bw)
-        if bi is None:
+        if bi is None or wi is None:
             return self._choose_direct(batch, bw)
         c = int(self.best[bi, wi])
         s, cr = self.candidates[c]
@@ -175,10 +183,10 @@ class DecisionTable:
     def choose_fast(self, batch: int, bw: float) -> tuple:
         """(strategy, cr) only: the hot path (a dict lookup and a binary search)."""
         bi = self._batch_index.get(batch)
-        if bi is None or bw < self.bws[0]:
+        wi = None if bi is None else self._bw_index(bw)
+        if wi is None:
             d = self.choose(batch, bw)
             return d["strategy"], d["cr"]
-        wi = min(int(np.searchsorted(self.bws, bw, side="right")) - 1, len(self.bws) - 1)
         return self.candidates[self.best[bi, wi]]
 
     def _choose_direct(self, batch, bw) -> dict:

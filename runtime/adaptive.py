@@ -106,9 +106,10 @@ class Decision:
 
 @dataclass
 class BandwidthMonitor:
-    """Link bandwidth estimate in Mbit/s: passive from timed sends of recent requests
-    (bytes / seconds, messages of at least `min_bytes`), active from occasional probes.
-    An exponentially weighted average of both."""
+    """Link bandwidth estimate in Mbit/s: passive from the exchanges of recent requests
+    (bytes / comm time of the least-waiting block, messages of at least `min_bytes`),
+    active from occasional probes (payload + ack). An exponentially weighted average of
+    both; a sample more than 2x away from the estimate replaces it (a step change)."""
 
     alpha: float = 0.5
     min_bytes: int = 64 * 1024
@@ -120,8 +121,10 @@ class BandwidthMonitor:
             return
         mbps = nbytes * 8 / seconds / 1e6
         self.samples.append((time.time(), kind, mbps))
-        self.estimate = mbps if self.estimate is None else \
-            self.alpha * mbps + (1 - self.alpha) * self.estimate
+        if self.estimate is None or not 0.5 <= mbps / self.estimate <= 2.0:
+            self.estimate = mbps          # a step change (link renegotiated, shaped): jump
+        else:
+            self.estimate = self.alpha * mbps + (1 - self.alpha) * self.estimate
 
 
 # --------------------------------------------------------------------------- group
@@ -280,7 +283,6 @@ class AdaptiveRunner:
             per_rank = [[full[:, a:a + n].contiguous()] for a, n in zip(starts, runner.plan.sizes)]
         else:
             per_rank = [[t.contiguous() for t in pack_inputs(inputs)]] * self.world_size
-        t1 = time.perf_counter()
         reqs = []
         for q in range(1, self.world_size):
             h = _header(OP_RUN, dec.strategy, dec.m or 0, per_rank[q])
@@ -290,8 +292,16 @@ class AdaptiveRunner:
         for r in reqs:
             r.wait()
         nbytes = sum(t.numel() * t.element_size() for q in range(1, self.world_size) for t in per_rank[q])
-        self.bw.observe(nbytes, time.perf_counter() - t1, "passive")
         res = runner(rows=per_rank[0][0]) if by_rows else runner(inputs)
+        # Passive estimate from this request's own exchanges. A send's completion only
+        # means the kernel took the bytes (socket buffers), so send times are not used;
+        # an exchange's bytes / comm time is a lower bound (it includes waiting for the
+        # peer): the block with the least waiting gives the sample.
+        best = max(((b["comm_bytes"], b["comm_ms"]) for b in res.timing["blocks"]
+                    if b["comm_ms"] > 0 and b["comm_bytes"] >= self.bw.min_bytes),
+                   key=lambda bt: bt[0] / bt[1], default=None)
+        if best is not None:
+            self.bw.observe(best[0], best[1] / 1e3, "passive")   # all of it leaves on our link
         return res.logits, nbytes
 
     def _probe(self) -> None:
@@ -386,21 +396,38 @@ class TablePolicy:
     """Adapts a torch-free `costmodel.decision.DecisionTable` to the runner's policy
     interface: (batch, bw) -> Decision, with m resolved for this model's token count."""
 
-    def __init__(self, table, seq_len: int, world_size: int, default_bw: float = 500.0):
+    def __init__(self, table, seq_len: int, world_size: int, default_bw: float = 500.0,
+                 scatter_bytes_per_sample: float = 0.0):
         import math
 
         self.table, self.default_bw = table, default_bw
         self.lp = math.ceil(seq_len / world_size)
+        self.scatter = scatter_bytes_per_sample
 
     def _bw(self, bw):
         return self.default_bw if bw is None else bw
 
     def __call__(self, batch: int, bw: Optional[float]) -> Decision:
-        d = self.table.choose(batch, self._bw(bw))
-        cr = d["cr"]
+        """The table's choice, re-ranked with the cost a profile does not contain: sending
+        the workers their input rows (`scatter_bytes_per_sample` x batch at `bw`), which
+        every distributed candidate pays before its first block."""
+        bw = self._bw(bw)
+        d = self.table.choose(batch, bw)
+        extra = self.scatter * batch * 8 / (bw * 1e6) * 1e3
+        cost = {k: v["latency_ms"] + (0.0 if k == "single" else extra)
+                for k, v in d["predicted"].items()}
+        mode = min(cost, key=cost.get)
+        s, cr = next((s, c) for (s, c), lab in zip(self.table.candidates, self.table.labels) if lab == mode)
         m = None if cr is None else max(1, int(round(self.lp / cr)))
-        return Decision(d["strategy"], cr=cr, m=m, predicted_ms=d["predicted"][d["mode"]]["latency_ms"],
-                        source=d["source"], margin=d["margin"])
+        rest = sorted(cost.values())
+        margin = (rest[1] - rest[0]) / rest[1] if len(rest) > 1 and rest[1] > 0 else 0.0
+        return Decision(s, cr=cr, m=m, predicted_ms=cost[mode],
+                        source=d["predicted"][mode]["source"], margin=margin)
 
     def predict(self, batch: int, bw: Optional[float], dec: Decision) -> Optional[float]:
-        return self.table.predicted(batch, self._bw(bw), dec.strategy, dec.cr)
+        """Predicted latency (ms) of an earlier decision now, scatter included."""
+        bw = self._bw(bw)
+        ms = self.table.predicted(batch, bw, dec.strategy, dec.cr)
+        if ms is not None and dec.strategy != "single":
+            ms += self.scatter * batch * 8 / (bw * 1e6) * 1e3
+        return ms

@@ -88,12 +88,17 @@ def serve_main(a, argv) -> int:
 
         cm = CostModel.load(a.costmodel)
         pm = load_perfmap(a.perfmap) if a.perfmap else None
-        crs = sorted({r["cr"] for r in pm.usable() if r.get("cr")}) if pm else [9.9]
+        crs = sorted({r.get("cr_requested") or r["cr"] for r in pm.usable() if r.get("cr")}) \
+            if pm else [9.9]
         cands = [("single", None), ("voltage", None)] + [("prism", c) for c in crs]
         table = DecisionTable(cm, pm, candidates=cands, objective=a.objective,
                               seq_len=ad.seq_len, world_size=ws, model_name=a.model,
                               batches=range(1, max(stream) + 1))
-        policy = TablePolicy(table, ad.seq_len, ws, default_bw=a.initial_bw or 500.0)
+        import math
+        # ViT workers receive their embedded rows: (N - L_0) x d float32 per sample
+        scatter = (ad.seq_len - math.ceil(ad.seq_len / ws)) * ad.shape.d * 4
+        policy = TablePolicy(table, ad.seq_len, ws, default_bw=a.initial_bw or 500.0,
+                             scatter_bytes_per_sample=scatter)
     elif a.policy in ("single", "voltage"):
         policy = FixedPolicy(a.policy)
     elif a.policy == "prism":
