@@ -51,6 +51,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    "BERT/GPT-2: a local from_pretrained folder")
     p.add_argument("--seq-len", type=int, help="text models (bert-*, gpt2*): tokens N")
     p.add_argument("--lengths", help="BERT padding: valid tokens per sample, cycled, e.g. 32,20")
+    p.add_argument("--heads", help="tensor_parallel/galaxy: heads per device, e.g. 4,2")
+    p.add_argument("--cols", help="tensor_parallel/galaxy: MLP columns per device, e.g. 1024,512")
+    p.add_argument("--collective", default="native", help="tensor_parallel: native | pairwise")
+    p.add_argument("--tiles", type=int, default=1, help="galaxy: row tiles for overlap")
+    p.add_argument("--no-overlap", action="store_true", help="galaxy: no comm/compute overlap")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--pin", action="store_true", help="pin each rank to its own core")
@@ -77,7 +82,16 @@ def config_from_args(a):
             lengths = tuple(int(s) for s in a.lengths.split(","))
         except ValueError:
             raise UsageError(f"--lengths {a.lengths!r} must be comma-separated integers")
+    splits = {}
+    for k in ("heads", "cols"):
+        v = getattr(a, k)
+        if v:
+            try:
+                splits[k] = tuple(int(s) for s in v.split(","))
+            except ValueError:
+                raise UsageError(f"--{k} {v!r} must be comma-separated integers")
     return RunConfig(
+        collective=a.collective, tiles=a.tiles, overlap=not a.no_overlap, **splits,
         model=a.model, strategy=a.strategy, world_size=a.world_size, batch=a.batch, cr=a.cr,
         m=a.m, log_bias=not a.no_log_bias, averaged=a.averaged, partition=part,
         exchange=a.exchange, seed=a.seed, img_size=a.img_size, patch_size=a.patch_size,

@@ -55,6 +55,11 @@ class RunConfig:
     features: bool = False
     seq_len: Optional[int] = None        # text models (BERT, GPT-2): tokens N
     lengths: Optional[tuple] = None      # BERT: valid tokens per sample, cycled (padding)
+    heads: Optional[tuple] = None        # tensor_parallel / galaxy: heads per device
+    cols: Optional[tuple] = None         # tensor_parallel / galaxy: MLP columns per device
+    collective: str = "native"           # tensor_parallel: native (gloo ring) | pairwise
+    tiles: int = 1                       # galaxy: row tiles for comm/compute overlap
+    overlap: bool = True                 # galaxy: overlap communication with computation
 
     def spec(self) -> ModelSpec:
         return ModelSpec(self.model, img_size=self.img_size, patch_size=self.patch_size,
@@ -65,6 +70,10 @@ class RunConfig:
     def strategy_options(self) -> dict:
         if self.strategy == "prism":
             return dict(cr=self.cr, m=self.m, log_bias=self.log_bias, averaged=self.averaged)
+        if self.strategy == "tensor_parallel":
+            return dict(heads=self.heads, cols=self.cols, collective=self.collective)
+        if self.strategy == "galaxy":
+            return dict(heads=self.heads, cols=self.cols, tiles=self.tiles, overlap=self.overlap)
         return {}
 
 
@@ -80,6 +89,8 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"world_size={cfg.world_size} must be >= 1")
     if cfg.strategy == "single" and cfg.world_size != 1:
         raise ValueError(f"strategy 'single' runs on one device; world_size={cfg.world_size} must be 1")
+    if cfg.strategy not in ("tensor_parallel", "galaxy") and (cfg.heads or cfg.cols):
+        raise ValueError(f"--heads/--cols apply to tensor_parallel and galaxy, not to {cfg.strategy!r}")
     if cfg.strategy != "prism" and (cfg.cr is not None or cfg.m is not None):
         raise ValueError(f"--cr/--m apply to prism only, not to {cfg.strategy!r}")
     if cfg.strategy == "prism" and (cfg.cr is None) == (cfg.m is None):

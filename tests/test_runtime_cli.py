@@ -32,6 +32,9 @@ def _cli(args, timeout=180, cmd=None):
     (["--strategy", "single", "--world-size", "2"], "must be 1"),
     (["--strategy", "prism"], "exactly one of --cr or --m"),
     (["--strategy", "voltage", "--checkpoint", "/nonexistent.pt"], "does not exist"),
+    (["--strategy", "voltage", "--heads", "1,1"], "apply to tensor_parallel and galaxy"),
+    (["--strategy", "galaxy", "--heads", "1,x"], "comma-separated integers"),
+    (["--strategy", "galaxy", "--heads", "3,3"], "sum to 2"),
 ])
 def test_bad_input_one_line_exit_2(args, needle, capsys):
     assert main(["run", *TINY, *args]) == 2
@@ -91,3 +94,20 @@ def test_profiler_trace_labels_phases(tmp_path):
         names = {e.get("name", "") for e in trace["traceEvents"]}
         for phase in ("compute", "staging", "comm"):
             assert any(n.endswith("/" + phase) for n in names), (rank, phase)
+
+
+@pytest.mark.gloo
+@pytest.mark.parametrize("strategy,extra", [
+    ("tensor_parallel", ["--heads", "2,0", "--cols", "128,64"]),
+    ("galaxy", ["--heads", "1,1", "--tiles", "2"]),
+])
+def test_tensor_parallel_flags_reach_the_strategy(tmp_path, strategy, extra):
+    """Uneven head / column splits from the CLI: the saved logits equal one device's."""
+    ref, out = tmp_path / "single.npy", tmp_path / f"{strategy}.npy"
+    r = _cli(["run", *TINY, "--strategy", "single", "--world-size", "1", "--save-output", str(ref)])
+    assert r.returncode == 0, r.stderr
+    r = _cli(["run", *TINY, "--strategy", strategy, "--world-size", "2", *extra, "--save-output", str(out)])
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["ranks"][0]["comm_bytes"] == res["analytical"]["comm_bytes"][0]
+    np.testing.assert_allclose(np.load(out), np.load(ref), atol=1e-4, rtol=1e-4)
