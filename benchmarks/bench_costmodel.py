@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from costmodel.model import CostModel, metrics  # noqa: E402
-from costmodel.perfmap import PerfMap, load_perfmap, record_latency_ms  # noqa: E402
+from costmodel.perfmap import PerfMap, axis_values, load_perfmap, record_latency_ms  # noqa: E402
 
 JETSON = REPO / "data" / "perfmaps" / "jetson_orin_nano_paper.json"
 TARGETS = ("latency", "compute", "staging", "comm")
@@ -84,9 +84,7 @@ def lovo(pm: PerfMap, *, unshaped_bw, quick: bool) -> dict:
               residual_estimators=60 if quick else 150)
     res = {}
     for ax in AXES:
-        vals = sorted({r.get(ax) for r in recs if r.get(ax) is not None})
-        if ax == "world_size":
-            vals = [v for v in vals if v > 1]
+        vals = axis_values(recs, ax)
         if len(vals) < 2:
             continue
         P = {m: {t: np.full(len(recs), np.nan) for t in TARGETS} for m in ("hybrid", "analytical", "forest")}

@@ -197,6 +197,12 @@ def load_perfmap(path: str | os.PathLike) -> PerfMap:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text to path via a temp file in the same folder and os.replace."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes to path via a temp file in the same folder and os.replace (a killed
+    writer never leaves half a file)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
@@ -204,8 +210,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)   # mkstemp's 0600 would make shared data unreadable
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
@@ -215,6 +221,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def axis_values(records: Iterable[dict], axis: str) -> list:
+    """Values of `axis` a leave-one-value-out can hold out: sorted, None dropped, and for
+    world_size only P > 1 (single's P = 1 is not a held-out value)."""
+    vals = sorted({r.get(axis) for r in records if r.get(axis) is not None})
+    return [v for v in vals if v > 1] if axis == "world_size" else vals
 
 
 def save_perfmap(obj: "PerfMap | dict", path: str | os.PathLike) -> Path:

@@ -16,7 +16,6 @@ helpers return the numbers behind each figure so notebooks can print and check t
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .perfmap import PerfMap, load_perfmap, record_latency_ms
+from .perfmap import PerfMap, atomic_write_bytes, axis_values, load_perfmap, record_latency_ms
 
 STRATEGIES = ("single", "voltage", "prism")
 PHASES = ("compute_ms", "staging_ms", "comm_ms", "other_ms")
@@ -77,23 +76,14 @@ def testbed_maps(data: Optional[Path] = None) -> list:
 
 
 def save_figure(fig, path, *, dpi: int = 110) -> Path:
-    """Write a Figure as PNG via a temp file in the same folder and os.replace (a killed
-    writer never leaves half an image). Returns the path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=".png", dir=p.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png", metadata={"Software": None})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return p
+    """Write a Figure as PNG atomically (perfmap.atomic_write_bytes: a killed writer never
+    leaves half an image). Returns the path."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png", metadata={"Software": None})
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------- measured data
@@ -634,9 +624,7 @@ def leave_one_value_out(pm, *, axes: Sequence[str] = ("batch", "bw", "cr", "seq_
     cols = {k: [] for k in ("axis", "value", "strategy", "batch", "measured_ms", "predicted_ms", "lo_ms", "hi_ms")}
     skipped = []
     for ax in axes:
-        vals = sorted({r.get(ax) for r in recs if r.get(ax) is not None})
-        if ax == "world_size":
-            vals = [v for v in vals if v > 1]
+        vals = axis_values(recs, ax)
         if len(vals) < 2:
             continue
         for v in vals:
