@@ -231,10 +231,6 @@ def shape_spec(spec: ModelSpec) -> ModelSpec:
     return ModelSpec(**{**spec.__dict__, "checkpoint": None})
 
 
-def log_counts(sizes) -> torch.Tensor:
-    return torch.tensor([math.log(s) for s in sizes], dtype=torch.float32)
-
-
 # BERT and GPT-2 (Hugging Face transformers) register their families on import; the
 # module imports transformers lazily, so timm-only runs do not pay for it.
 from . import hf_models  # noqa: E402,F401

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import exchange as xch
-from .models import ModelSpec, build_adapter, family_of, n_tokens, shape_spec
+from .models import ModelSpec, build_adapter, family_of, shape_spec
 from .strategies import DistContext, create_strategy, list_strategies
 
 log = logging.getLogger("runtime")
@@ -79,8 +79,6 @@ class RunConfig:
 
 def validate(cfg: RunConfig) -> None:
     """Every argument checked before any process starts; raises ValueError (one line)."""
-    from costmodel.formulas import make_plan, vit_shape  # noqa: F401
-
     if cfg.strategy not in list_strategies():
         raise ValueError(f"unknown strategy {cfg.strategy!r}; known: {list_strategies()}")
     if cfg.batch < 1:
@@ -106,8 +104,7 @@ def validate(cfg: RunConfig) -> None:
     if (cfg.seq_len is not None or cfg.lengths) and family_of(cfg.model) == "timm":
         raise ValueError(f"--seq-len/--lengths apply to text models (bert-*, gpt2*, "
                          f"all-minilm-l6-v2), not to {cfg.model!r}")
-    # token count from the model definition (meta device: no weights built)
-    n = n_tokens(cfg.spec())
+    # shapes from the model definition (meta device: no weights built)
     strat = create_strategy(cfg.strategy, **cfg.strategy_options())
     ad_stub = _ShapeOnly(_shape_of(cfg))
     plan = strat.plan(ad_stub, DistContext(world_size=cfg.world_size, partition=cfg.partition,
@@ -119,7 +116,6 @@ def validate(cfg: RunConfig) -> None:
         if idle:
             raise ValueError(f"partition {list(plan.sizes)} gives device(s) {idle} only padding "
                              f"for every sample (lengths {lens}); lower --seq-len or set --partition")
-    return n
 
 
 class _ShapeOnly:
