@@ -12,6 +12,9 @@ out/sweeps/; the perf maps go to data/perfmaps/):
   p3: the same models, P=3 (a subset: batch {1,4,16}, bw {200,500,900}, img {96,224}),
       voltage and prism only (single is in p2). On a 2-core host P=3 shares cores: the
       perf map says so (cluster.devices, link_emulation.cores_shared).
+  tp: the head/column-split baselines (issue 8): tensor_parallel and galaxy, the same
+      models, P=2, batch {1,2,4,8,16}, bw {200,...,900}, img {96,160,224}. Batch 32 is
+      left out: tensor_parallel sends 4x Voltage's bytes, ~9 s a pass at 200 Mbit/s.
 
 Timings are only worth shipping from a quiet machine: nothing else running, the sweep
 alone on its cores. The estimate fits per-model compute throughput (GFLOP/s per core)
@@ -38,6 +41,8 @@ PARTS = {
                cr="3.3,4.95,9.9", img_size="96,160,224", world_size="2"),
     "p3": dict(strategy="voltage,prism", batch="1,4,16", bw="200,500,900",
                cr="3.3,4.95,9.9", img_size="96,224", world_size="3"),
+    "tp": dict(strategy="tensor_parallel,galaxy", batch="1,2,4,8,16", bw="200,300,500,700,900",
+               cr="9.9", img_size="96,160,224", world_size="2"),
 }
 PROTOCOL = dict(warmup="1", repeats="5")
 
