@@ -279,7 +279,9 @@ def main(argv=None):
         print_table(rows, hetero=True)
     load = os.getloadavg()
     link = f"shaped {a.testbed_bw:g} Mbit/s (measured {a.link_mbps:.0f})" if a.testbed_bw else "loopback"
-    print(f"# {link}; {a.model} img_size={a.img_size} depth={a.depth or 'full'} threads/rank={a.threads} "
+    from runtime.models import family_of
+    size = f"seq_len={a.seq_len}" if family_of(a.model) != "timm" else f"img_size={a.img_size}"
+    print(f"# {link}; {a.model} {size} depth={a.depth or 'full'} threads/rank={a.threads} "
           f"repeats={a.repeats}; host {os.cpu_count()} CPUs, load avg {load[0]:.1f}; "
           f"{time.time() - t0:.0f} s", file=sys.stderr)
     if a.out:
