@@ -307,7 +307,8 @@ def _energy_tools(plan: dict, rank: int):
     except ImportError:
         return None, None       # TODO(energy): runtime.energy not installed: energy fields stay null
     meter = None
-    if rank == 0:
+    # one host: rank 0's meter already covers every rank; real devices: each its own
+    if rank == 0 or plan.get("energy_scope") == "per-device":
         try:
             meter = energy.open_meter(plan.get("meter", "auto"))
         except Exception as e:  # noqa: BLE001 - an explicit meter that is absent: record none
@@ -370,7 +371,8 @@ def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
             lat.append((time.perf_counter() - t0) * 1e3)
             timings.append(res.timing)
         joules = meter.stop() if meter is not None else None
-        mine = {"rank": rank, "latency_ms": lat, "timing": _median_timing(timings)}
+        mine = {"rank": rank, "latency_ms": lat, "timing": _median_timing(timings),
+                "joules": joules if joules is not None and joules > 0 else None}
         every = xch.gather_json(mine, rank, world_size)
         if rank != 0:
             continue
@@ -393,7 +395,12 @@ def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
             "ranks": [{"rank": r["rank"], **r["timing"]["totals"]} for r in every],
             "error": None,
         }
-        if joules is not None and joules > 0:
+        if plan.get("energy_scope") == "per-device":
+            js = [r.get("joules") for r in every]
+            if all(j is not None for j in js):       # every device measured: their sum
+                row["energy_j"] = sum(js) / repeats
+                row["energy_source"] = f"{meter.source} (sum over {world_size} devices)"
+        elif joules is not None and joules > 0:
             row["energy_j"], row["energy_source"] = joules / repeats, meter.source
         if estimate is not None:
             phases = {k: [r["timing"]["totals"][k] for r in every]
@@ -465,6 +472,7 @@ class Sweep:
         self.prefix, self.progress = prefix, progress
         self.links: dict = {}         # world_size -> testbed link (without the rate)
         self.link_checks: list = []
+        self.overrides: dict = {}     # section -> fields replacing build_map's defaults
 
     # ---------------------------------------------------------------- preparation
     def prepare(self) -> None:
@@ -686,7 +694,7 @@ class Sweep:
         ws_all = sorted({r["world_size"] for r in records} | set(sp.world_sizes if any(
             s != "single" for s in sp.strategies) else ()) | ({1} if "single" in sp.strategies else set()))
         mode = self.mode or "none"
-        return {
+        d = {
             "schema_version": 1, "kind": "prism-edge.perfmap", "source": "measured",
             "created": _now(),
             "units": {"latency_ms": "ms", "per_sample_ms": "ms", "compute_ms": "ms",
@@ -702,7 +710,7 @@ class Sweep:
                         "link": {"netns": "veth + bridge in network namespaces, tc tbf both directions",
                                  "unshare": "veth + bridge in unprivileged user+net namespaces, tc tbf both directions",
                                  "loopback": "loopback, UNSHAPED (bw null)",
-                                 "none": "no link (single only)"}[mode],
+                                 "none": "no link (single only)"}.get(mode, mode),
                         "testbed_mode": mode, "link_checks": checks},
             "models": models,
             "protocol": {**sp.protocol(), "pinning": "one core per rank (taskset), rank r -> core r mod cores",
@@ -725,6 +733,10 @@ class Sweep:
                       "raw": os.path.basename(self.raw_path)},
             "records": records,
         }
+        if self.overrides:      # another launcher (runtime/cluster.py) describes its devices
+            for section, fields in self.overrides.items():
+                d[section].update(fields)
+        return d
 
     def write_map(self) -> dict:
         from costmodel.perfmap import save_perfmap

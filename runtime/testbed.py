@@ -77,6 +77,16 @@ def l2_overhead_factor(mtu: int) -> float:
     return (mtu + 14) / (mtu - 52)
 
 
+def tbf_args(bw_mbps: float, mtu: int = 1500) -> list:
+    """tc tbf parameters for a TCP payload rate bw_mbps (Mbit/s) on a link of this MTU:
+    the L2 rate, a burst of about 1 ms of traffic (at least 4 full frames) and a queue
+    of about 50 ms."""
+    rate = bw_mbps * 1e6 * l2_overhead_factor(mtu)          # bit/s on the wire
+    burst = max(4 * (mtu + 14), int(rate / 8 * 1e-3))
+    limit = max(2 * burst, int(rate / 8 * 0.05))
+    return ["rate", f"{int(rate)}bit", "burst", str(burst), "limit", str(limit)]
+
+
 def is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -438,12 +448,7 @@ class Testbed:
         raise TestbedError(f"device links did not come up within {timeout_s} s")
 
     def tbf_args(self, bw_mbps: float) -> list:
-        """tbf parameters for a payload rate bw_mbps (Mbit/s): L2 rate, a burst of about
-        1 ms of traffic (at least 4 full frames) and a queue of about 50 ms."""
-        rate = bw_mbps * 1e6 * l2_overhead_factor(self.mtu)          # bit/s on the wire
-        burst = max(4 * (self.mtu + 14), int(rate / 8 * 1e-3))
-        limit = max(2 * burst, int(rate / 8 * 0.05))
-        return ["rate", f"{int(rate)}bit", "burst", str(burst), "limit", str(limit)]
+        return tbf_args(bw_mbps, self.mtu)
 
     def _shape(self, bw_mbps: Optional[float], verb: str) -> None:
         """Install (verb add) or change the shapers on both sides of every device link."""
