@@ -2,6 +2,7 @@
 
     python benchmarks/bench_costmodel.py [PERFMAP ...] [--unshaped-bw MBIT] [--synthetic]
                                          [--quick] [--json OUT]
+    python benchmarks/bench_costmodel.py --part tp [P2_MAP TP_MAP] [--quick] [--json OUT]
 
 Default: the Jetson paper map (data/perfmaps/jetson_orin_nano_paper.json, unshaped link
 assumed 1000 Mbit/s). Any perf map path works (the testbed maps when they land);
@@ -13,6 +14,14 @@ out, fit on the rest, predict the held-out rows; median APE, P90 APE and the sha
 within +-10 % for total latency and each phase, for the hybrid, the calibrated analytical
 model alone, and a random forest on raw features (strategy, batch, bw, cr, seq_len,
 world_size). Rows an axis does not apply to (single's bw/cr) always stay in training.
+
+`--part tp` (issue 8): tensor_parallel and galaxy. Fits on the merged perf maps
+(perfmap.merge_perfmaps; default data/perfmaps/testbed_vit_p2.json +
+testbed_vit_tp.json), leaves one value of batch, bw and seq_len out of every strategy
+at once, and reports the same table restricted to the tensor_parallel + galaxy rows,
+per strategy, and over all rows; plus an ablation of the comm phase on the hybrid (the
+one shared link vs TP strategies with their own link parameters vs their own comm and
+other).
 """
 from __future__ import annotations
 
@@ -29,9 +38,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from costmodel.model import CostModel, metrics  # noqa: E402
-from costmodel.perfmap import PerfMap, axis_values, load_perfmap, record_latency_ms  # noqa: E402
+from costmodel.perfmap import (PerfMap, axis_values, load_perfmap, merge_perfmaps,  # noqa: E402
+                               record_latency_ms)
 
 JETSON = REPO / "data" / "perfmaps" / "jetson_orin_nano_paper.json"
+TP_MAPS = (REPO / "data" / "perfmaps" / "testbed_vit_p2.json", REPO / "data" / "perfmaps" / "testbed_vit_tp.json")
+TP_SUBSETS = {"tensor_parallel + galaxy": ("tensor_parallel", "galaxy"), "tensor_parallel": ("tensor_parallel",),
+              "galaxy": ("galaxy",), "all strategies": None}
 TARGETS = ("latency", "compute", "staging", "comm")
 AXES = ("batch", "bw", "cr", "seq_len", "world_size")
 
@@ -44,8 +57,7 @@ def _targets(recs):
     return out
 
 
-def _raw_X(recs, unshaped_bw):
-    strategies = ("single", "voltage", "prism")
+def _raw_X(recs, unshaped_bw, strategies=("single", "voltage", "prism")):
     rows = []
     for r in recs:
         bw = r.get("bw")
@@ -74,20 +86,29 @@ def _predict(cm, recs, unshaped_bw):
     return out
 
 
-def lovo(pm: PerfMap, *, unshaped_bw, quick: bool) -> dict:
-    """Leave-one-value-out along each axis; pooled predictions per axis per model."""
+def lovo(pm: PerfMap, *, unshaped_bw, quick: bool, axes=AXES, subsets=None, variants=None) -> dict:
+    """Leave-one-value-out along each axis; pooled predictions per axis per model.
+
+    subsets: {name: strategies or None} -> res[axis]["subsets"][name] holds the same
+    metrics over those strategies' rows only. variants: {name: CostModel kwargs} extra
+    hybrid models (an ablation), scored like the others."""
     from sklearn.ensemble import RandomForestRegressor
 
     recs = pm.usable(breakdown=True)
     Y = _targets(recs)
+    strat = np.array([r["strategy"] for r in recs], dtype=object)
+    onehot = ("single", "voltage", "prism") + tuple(
+        s for s in ("tensor_parallel", "galaxy") if s in set(strat))   # old maps: the same 3 columns
     kw = dict(unshaped_bw=unshaped_bw, cv_folds=3 if quick else 5,
               residual_estimators=60 if quick else 150)
+    models = [("hybrid", kw), ("analytical", dict(kw, residual=False))]
+    models += [(name, dict(kw, **v)) for name, v in (variants or {}).items()]
     res = {}
-    for ax in AXES:
+    for ax in axes:
         vals = axis_values(recs, ax)
         if len(vals) < 2:
             continue
-        P = {m: {t: np.full(len(recs), np.nan) for t in TARGETS} for m in ("hybrid", "analytical", "forest")}
+        P = {m: {t: np.full(len(recs), np.nan) for t in TARGETS} for m in [n for n, _ in models] + ["forest"]}
         for v in vals:
             te = np.array([r.get(ax) == v for r in recs])
             tr = ~te
@@ -97,7 +118,8 @@ def lovo(pm: PerfMap, *, unshaped_bw, quick: bool) -> dict:
             test = [r for r, t in zip(recs, te) if t]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                for name, cm in (("hybrid", CostModel(**kw)), ("analytical", CostModel(residual=False, **kw))):
+                for name, mkw in models:
+                    cm = CostModel(**mkw)
                     try:
                         cm.fit(train)
                     except ValueError as e:
@@ -108,11 +130,17 @@ def lovo(pm: PerfMap, *, unshaped_bw, quick: bool) -> dict:
                         P[name][t][te] = p[t]
             rf = RandomForestRegressor(n_estimators=100 if quick else 300, random_state=0, n_jobs=1)
             Ytr = np.stack([Y[t][tr] for t in TARGETS], axis=1)
-            rf.fit(_raw_X([r for r, t in zip(recs, tr) if t], unshaped_bw), Ytr)
-            pr = rf.predict(_raw_X(test, unshaped_bw))
+            rf.fit(_raw_X([r for r, t in zip(recs, tr) if t], unshaped_bw, onehot), Ytr)
+            pr = rf.predict(_raw_X(test, unshaped_bw, onehot))
             for j, t in enumerate(TARGETS):
                 P["forest"][t][te] = pr[:, j]
         res[ax] = {"values": vals, **{m: {t: metrics(P[m][t], Y[t]) for t in TARGETS} for m in P}}
+        if subsets:
+            res[ax]["subsets"] = {}
+            for name, ss in subsets.items():
+                mk = np.ones(len(recs), bool) if ss is None else np.isin(strat, list(ss))
+                res[ax]["subsets"][name] = {"n_rows": int(mk.sum()), **{
+                    m: {t: metrics(P[m][t][mk], Y[t][mk]) for t in TARGETS} for m in P}}
     return res
 
 
@@ -183,6 +211,54 @@ def print_lovo(name, res):
             print(f"{ax:<10} {t:<8} | {_fmt(r['hybrid'][t])} | {_fmt(r['analytical'][t])} | {_fmt(r['forest'][t])}")
 
 
+def print_lovo_subsets(res, subsets, variants=()):
+    for sub in subsets:
+        print(f"\n== {sub}: leave-one-value-out on the merged map (median APE % | P90 APE % | % within +-10 %)")
+        hdr = f"{'axis':<10} {'target':<8} | {'hybrid':^20} | {'analytical':^20} | {'random forest':^20}"
+        print(hdr)
+        print("-" * len(hdr))
+        for ax, r in res.items():
+            s = r["subsets"][sub]
+            for t in TARGETS:
+                print(f"{ax:<10} {t:<8} | {_fmt(s['hybrid'][t])} | {_fmt(s['analytical'][t])} | {_fmt(s['forest'][t])}")
+    if variants:
+        names = ["hybrid"] + list(variants)
+        print("\n== ablation of the comm phase, hybrid, total latency (median | P90 | within 10 %): "
+              + "; ".join(f"[{i}] {n}" for i, n in enumerate(["default: one shared link (tp_phases=())"]
+                                                              + list(variants))))
+        hdr = f"{'rows':<25} {'axis':<8} | " + " | ".join(f"{'[' + str(i) + ']':^20}" for i in range(len(names)))
+        print(hdr)
+        print("-" * len(hdr))
+        for sub in subsets:
+            for ax, r in res.items():
+                s = r["subsets"][sub]
+                print(f"{sub:<25} {ax:<8} | " + " | ".join(_fmt(s[n]["latency"]) for n in names))
+
+
+TP_VARIANTS = {"own link (tp_phases=('comm',))": {"tp_phases": ("comm",)},
+               "own comm and other (tp_phases=('comm', 'other'))": {"tp_phases": ("comm", "other")}}
+
+
+def run_tp(paths, quick, out):
+    """--part tp: held-out error of tensor_parallel / galaxy on the merged maps."""
+    pm = merge_perfmaps(*paths)
+    rows = pm.usable(breakdown=True)
+    n_tp = sum(r["strategy"] in ("tensor_parallel", "galaxy") for r in rows)
+    print(f"\n##### merged {' + '.join(Path(p).name for p in paths)}: {len(rows)} usable rows "
+          f"({n_tp} tensor_parallel/galaxy), source={pm.source}")
+    t0 = time.time()
+    res = lovo(pm, unshaped_bw=None, quick=quick, axes=("batch", "bw", "seq_len"), subsets=TP_SUBSETS,
+               variants=TP_VARIANTS)
+    print_lovo_subsets(res, TP_SUBSETS, TP_VARIANTS)
+    print(f"(leave-one-value-out took {time.time() - t0:.0f} s)")
+    cm = CostModel().fit(pm)
+    out["maps"]["tp"] = {"perfmaps": [str(Path(p).relative_to(REPO)) if Path(p).is_relative_to(REPO) else str(p)
+                                      for p in paths],
+                         "n_rows": len(rows), "n_tp_rows": n_tp, "lovo": res,
+                         "cv": cm.cv_, "physical": cm.physical_parameters()}
+    return cm
+
+
 def run_map(name, pm, unshaped_bw, quick, out):
     print(f"\n##### {name}: {len(pm.usable(breakdown=True))} usable rows, source={pm.source}")
     t0 = time.time()
@@ -233,9 +309,19 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic", action="store_true", help="also run a SYNTHETIC map")
     ap.add_argument("--quick", action="store_true", help="smaller models, fewer folds")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--part", choices=("maps", "tp"), default="maps",
+                    help="maps: every PERFMAP (default); tp: tensor_parallel/galaxy on the merged "
+                         "P2 + TP maps (PERFMAP ... default " + " + ".join(p.name for p in TP_MAPS) + ")")
     a = ap.parse_args(argv)
-    paths = a.perfmaps or [str(JETSON)]
     out = {"maps": {}}
+    if a.part == "tp":
+        out["command"] = "python benchmarks/bench_costmodel.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        run_tp(a.perfmaps or [str(p) for p in TP_MAPS], a.quick, out)
+        if a.json:
+            from costmodel.perfmap import atomic_write_text
+            atomic_write_text(a.json, json.dumps(out, indent=1, default=lambda x: None) + "\n")
+        return 0
+    paths = a.perfmaps or [str(JETSON)]
     cm = None
     for p in paths:
         pm = load_perfmap(p)

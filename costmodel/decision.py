@@ -4,9 +4,13 @@
     d = table.choose(8, 500)            # microseconds: a lookup in a precomputed table
     d["mode"], d["predicted"], d["source"], d["margin"]
 
-Torch-free. A measured perf-map entry for the exact configuration (strategy, cr, batch,
-bw, seq_len, world_size) wins over the model; every other configuration uses the fitted
-cost model. The table is precomputed over a batch x bw grid; a query between grid
+Torch-free. Candidates are (strategy, cr) pairs: ("single", None), ("voltage", None),
+("prism", cr), and the head/column splits ("tensor_parallel", None) and ("galaxy", None)
+(runtime defaults: even splits, GLOO's ring all-reduce, tiles 1) when the cost model was
+fitted with their rows; a model fitted without them refuses them with one line naming the
+strategies it knows. A measured perf-map entry for the exact configuration (strategy,
+cr, batch, bw, seq_len, world_size) wins over the model; every other configuration uses
+the fitted cost model. The table is precomputed over a batch x bw grid; a query between grid
 bandwidths takes a grid bandwidth within 2 % (an estimate of a profiled rate), else the
 nearest lower one (conservative: the link is assumed no faster than observed); a query
 outside the grid is answered by the model directly.
@@ -21,6 +25,7 @@ import numpy as np
 OBJECTIVES = ("latency", "energy")
 DEFAULT_CANDIDATES = (("single", None), ("voltage", None), ("prism", 3.3), ("prism", 4.95),
                       ("prism", 9.9))
+TP_CANDIDATES = (("tensor_parallel", None), ("galaxy", None))   # add where the model has them
 
 
 def _label(strategy: str, cr: Optional[float]) -> str:
@@ -57,6 +62,12 @@ class DecisionTable:
                  bws: Optional[Sequence[float]] = None, model_name: Optional[str] = None):
         self.weights = parse_objective(objective)
         cands = [(s, None if c is None else float(c)) for s, c in candidates]
+        for s, c in cands:
+            if c is not None and s != "prism":
+                raise ValueError(f"candidate ({s!r}, {c:g}): cr applies to prism only; use ({s!r}, None)")
+        check = getattr(model, "check_strategies", None)
+        if check is not None:
+            check([s for s, _ in cands])                 # one line naming the known strategies
         if max_cr is not None:
             prism = [c for s, c in cands if s == "prism"]
             if prism and max_cr < min(prism):
@@ -96,6 +107,9 @@ class DecisionTable:
         self._batch_index = {int(b): i for i, b in enumerate(self.batches)}
 
     def _overlay(self, pm) -> None:
+        from .features import tp_is_default
+        from .formulas import TP_STRATEGIES
+        from .model import record_tp_options
         from .perfmap import record_latency_ms
 
         seq = self.seq_len
@@ -108,6 +122,9 @@ class DecisionTable:
             s, cr = r["strategy"], r.get("cr_requested") or r.get("cr")
             if s != "single" and r["world_size"] != self.world_size:
                 continue
+            if s in TP_STRATEGIES and not tp_is_default(s, pm.record_shape(r), r["world_size"],
+                                                        record_tp_options(r)):
+                continue                                        # candidates are the defaults
             for ci, (cs, cc) in enumerate(self.candidates):
                 if cs != s or (cc is not None and (cr is None or abs(cc - cr) > 0.02)):
                     continue

@@ -7,6 +7,26 @@ once with `formulas.make_plan(batch=1)` and multiplied by the batch array. That 
 
 Quantities are those of rank 0, the terminal device whose phase times a perf map
 records (docs/perfmap.md).
+
+Strategies: single, voltage, prism (row split, one pairwise exchange per block) and the
+head/column splits tensor_parallel and galaxy (runtime/tensor_parallel.py). The latter
+resolve with the runtime's defaults unless a record says otherwise (`tp` options):
+even heads / columns, tensor_parallel's all-reduce collective "native" (GLOO's ring),
+galaxy's tiles = 1. For them `rows` is all N tokens (every device runs its heads and
+columns over all rows) and `flops` is rank 0's share.
+
+Message steps. `n_exchanges` counts collectives per pass (the formulas' Plan.n_exchanges:
+one per block for voltage/prism, 2 all-reduces per block for tensor_parallel, 2
+reduce-scatters + 2 all-gathers per block for galaxy). `n_messages` counts the
+latency-bearing message steps on the wire per pass, one after the other:
+  voltage / prism (pairwise): 1 per exchange (the P-1 peer messages are in flight
+    together), so n_messages == n_exchanges;
+  tensor_parallel "native": a ring all-reduce takes 2 (P-1) steps (reduce-scatter ring
+    then all-gather ring), so 2 (P-1) per all-reduce;
+  tensor_parallel "pairwise": reduce-scatter + all-gather, 2 steps per all-reduce;
+  galaxy: 1 step per collective per tile (a message cut into `tiles` row tiles is
+    `tiles` messages), so tiles per collective.
+The comm phase's per-message latency multiplies n_messages (model.py).
 """
 from __future__ import annotations
 
@@ -14,9 +34,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .formulas import ModelShape, make_plan
+from .formulas import TP_STRATEGIES, ModelShape, make_plan
 
-STRATEGIES = ("single", "voltage", "prism")
+STRATEGIES = ("single", "voltage", "prism") + TP_STRATEGIES
+TP_OPTIONS = ("heads", "cols", "collective", "tiles")
 
 
 class QueryError(ValueError):
@@ -29,8 +50,9 @@ class PerSample:
 
     flops: float          # FLOPs of rank 0 (blocks, own embedding, head on rank 0)
     flops_all: float      # FLOPs of all devices together (energy is paid on every device)
-    rows: int             # query rows rank 0 processes per block
-    n_exchanges: int      # exchanges per forward pass
+    rows: int             # query rows rank 0 processes per block (all N for TP / galaxy)
+    n_exchanges: int      # exchanges (collectives) per forward pass
+    n_messages: int       # latency-bearing message steps per forward pass (module docstring)
     wire_bytes: float     # max(bytes sent, bytes received) by rank 0 per pass
     staged_bytes: float   # host<->device bytes of rank 0 per pass
     m: float              # segment means (nan unless prism)
@@ -54,10 +76,49 @@ def shape_at(base: ModelShape, seq_len: int) -> ModelShape:
 _CACHE: dict = {}
 
 
+def tp_key(opts) -> tuple | None:
+    """Hashable form of tensor_parallel / galaxy options (a dict with any of heads, cols,
+    collective, tiles; None or {} = the runtime defaults)."""
+    if not opts:
+        return None
+    bad = sorted(set(opts) - set(TP_OPTIONS))
+    if bad:
+        raise QueryError(f"unknown tensor_parallel/galaxy option(s) {bad}; known: {list(TP_OPTIONS)}")
+    out = tuple((k, tuple(int(x) for x in opts[k]) if k in ("heads", "cols") else opts[k])
+                for k in TP_OPTIONS if opts.get(k) is not None)
+    return out or None
+
+
+def tp_is_default(strategy: str, shape: ModelShape, world_size: int, opts) -> bool:
+    """Whether tensor_parallel / galaxy options resolve to the runtime defaults (even
+    heads / columns, collective native for tensor_parallel, tiles 1)."""
+    if not opts:
+        return True
+    try:
+        a = make_plan(strategy, shape, world_size=int(world_size), **dict(tp_key(opts) or ()))
+    except ValueError:
+        return False
+    b = make_plan(strategy, shape, world_size=int(world_size))
+    return all(getattr(a, k) == getattr(b, k) for k in ("heads_split", "cols_split", "collective", "tiles"))
+
+
+def n_messages(plan) -> int:
+    """Latency-bearing message steps per pass (module docstring)."""
+    ne = plan.n_exchanges
+    if plan.strategy == "tensor_parallel" and plan.collective == "native":
+        return ne * 2 * (plan.world_size - 1)
+    if plan.strategy == "tensor_parallel":
+        return ne * 2
+    if plan.strategy == "galaxy":
+        return ne * plan.tiles
+    return ne
+
+
 def per_sample(strategy: str, shape: ModelShape, world_size: int, cr: float | None,
-               exchange: str = "pairwise", m: int | None = None) -> PerSample:
-    """Resolve one plan at batch 1 (cached); raises QueryError with one line."""
-    key = (strategy, shape, int(world_size), None if cr is None else float(cr), exchange, m)
+               exchange: str = "pairwise", m: int | None = None, tp: tuple | None = None) -> PerSample:
+    """Resolve one plan at batch 1 (cached); raises QueryError with one line.
+    tp: tp_key() of tensor_parallel / galaxy options (None = the runtime defaults)."""
+    key = (strategy, shape, int(world_size), None if cr is None else float(cr), exchange, m, tp)
     hit = _CACHE.get(key)
     if hit is not None:
         return hit
@@ -73,7 +134,13 @@ def per_sample(strategy: str, shape: ModelShape, world_size: int, cr: float | No
                     raise QueryError("strategy 'prism' needs cr (compression rate L_p/m)")
                 plan = make_plan("prism", shape, world_size=int(world_size), batch=1,
                                  cr=float(cr), exchange=exchange)
+        elif strategy in TP_STRATEGIES:
+            plan = make_plan(strategy, shape, world_size=int(world_size), batch=1, exchange=exchange,
+                             **dict(tp or ()))
         else:
+            if tp:
+                raise QueryError(f"options {[k for k, _ in tp]} apply to {list(TP_STRATEGIES)}, "
+                                 f"not to {strategy!r}")
             plan = make_plan(strategy, shape, world_size=1 if strategy == "single" else int(world_size),
                              batch=1, exchange=exchange)
     except QueryError:
@@ -82,7 +149,8 @@ def per_sample(strategy: str, shape: ModelShape, world_size: int, cr: float | No
         raise QueryError(str(e)) from None
     ps = PerSample(
         flops=plan.flops(0), flops_all=sum(plan.flops(r) for r in range(plan.world_size)),
-        rows=plan.sizes[0], n_exchanges=plan.n_exchanges,
+        rows=shape.seq_len if strategy in TP_STRATEGIES else plan.sizes[0],
+        n_exchanges=plan.n_exchanges, n_messages=n_messages(plan),
         wire_bytes=float(max(plan.comm_bytes(0), plan.recv_bytes(0))),
         staged_bytes=float(plan.staged_bytes(0)),
         m=float(plan.m) if plan.m is not None else np.nan,
@@ -94,16 +162,19 @@ def per_sample(strategy: str, shape: ModelShape, world_size: int, cr: float | No
 
 
 # Columns of the physics feature matrix (one row per configuration).
-FEATURES = ("flops", "flops_all", "rows", "flops_per_row", "n_exchanges", "wire_bytes", "staged_bytes",
-            "comm_ms_nominal", "batch", "bw", "cr", "seq_len", "world_size")
+FEATURES = ("flops", "flops_all", "rows", "flops_per_row", "n_exchanges", "n_messages", "wire_bytes",
+            "staged_bytes", "comm_ms_nominal", "batch", "bw", "cr", "seq_len", "world_size")
 
 
 def physics(strategy, batch, bw, cr, seq_len, world_size, shape: ModelShape,
-            exchange: str = "pairwise", m=None) -> dict:
+            exchange: str = "pairwise", m=None, tp=None) -> dict:
     """Physics features of broadcast configuration arrays (one model shape).
 
     batch: samples per batch; bw: nominal link rate in Mbit/s (ignored for single);
-    cr: prism compression rate (ignored otherwise); seq_len: tokens N; world_size: P.
+    cr: prism compression rate (ignored otherwise); seq_len: tokens N; world_size: P;
+    m: prism segment means per row (None = from cr); tp: tensor_parallel / galaxy
+    options (heads / cols / collective / tiles): one dict for every such row, or one
+    dict-or-None per (flattened) configuration; None = the runtime defaults.
     Returns a dict of float arrays named as FEATURES plus 'strategy' (str array);
     `comm_ms_nominal` is wire bits / bw in ms, the link time at 100 % efficiency.
     """
@@ -142,14 +213,32 @@ def physics(strategy, batch, bw, cr, seq_len, world_size, shape: ModelShape,
     if m_arr is not None:
         mm = np.array([-1.0 if v is None else float(v) for v in m_arr.ravel()])
         keys = np.concatenate([keys, mm[:, None]], axis=1)
+    tpv = None
+    if tp is not None:
+        tpv = np.empty(n, dtype=object)
+        if isinstance(tp, dict):       # one set of options for every TP / galaxy row
+            k = tp_key(tp)
+            for i, s in enumerate(strategy):
+                tpv[i] = k if s in TP_STRATEGIES else None
+        else:
+            seq = list(np.asarray(tp, dtype=object).ravel()) if isinstance(tp, np.ndarray) else list(tp)
+            if len(seq) != n:
+                raise QueryError(f"tp has {len(seq)} entries for {n} configurations")
+            for i, o in enumerate(seq):
+                tpv[i] = tp_key(o)
+        codes: dict = {}
+        tcode = np.array([codes.setdefault(k, len(codes)) for k in tpv], float)
+        keys = np.concatenate([keys, tcode[:, None]], axis=1)
     uniq, first, inv = np.unique(keys, axis=0, return_index=True, return_inverse=True)
     inv = inv.ravel()
-    cols = ("flops", "flops_all", "rows", "n_exchanges", "wire_bytes", "staged_bytes", "m", "cr")
+    cols = ("flops", "flops_all", "rows", "n_exchanges", "n_messages", "wire_bytes", "staged_bytes",
+            "m", "cr")
     per = np.empty((len(uniq), len(cols)))
     for g, i in enumerate(first):
-        mi = int(keys[i, 4]) if keys.shape[1] > 4 and keys[i, 4] >= 1 else None
+        mi = int(keys[i, 4]) if m_arr is not None and keys[i, 4] >= 1 else None
         ps = per_sample(str(strategy[i]), shape_at(shape, int(seq_len[i])), int(ws[i]),
-                        None if not np.isfinite(cr_eff[i]) else float(cr_eff[i]), exchange, mi)
+                        None if not np.isfinite(cr_eff[i]) else float(cr_eff[i]), exchange, mi,
+                        None if tpv is None else tpv[i])
         per[g] = [getattr(ps, c) for c in cols]
     out = {c: per[inv, j] for j, c in enumerate(cols)}
     f = {
@@ -159,6 +248,7 @@ def physics(strategy, batch, bw, cr, seq_len, world_size, shape: ModelShape,
         "rows": out["rows"] * batch,
         "flops_per_row": out["flops"] / out["rows"],
         "n_exchanges": out["n_exchanges"],
+        "n_messages": out["n_messages"],
         "wire_bytes": out["wire_bytes"] * batch,
         "staged_bytes": out["staged_bytes"] * batch,
         "batch": batch, "bw": np.where(dist, bw, np.nan), "cr": out["cr"],

@@ -8,7 +8,7 @@ formulas (formulas.py via features.py):
               + r_half / throughput * FLOPs-per-row      # small-kernel inefficiency:
                                                           # throughput(rows) = thr * rows / (rows + r_half)
     staging = s_exchange * n_exchanges + staged_MB / staging_bw
-    comm    = l_exchange * n_exchanges + wire_bits / (bw * efficiency)
+    comm    = l_message * n_messages + wire_bits / (bw * efficiency)
     other   = o_fixed + o_sample * batch                  # time no phase claims (total - phases)
 
 Energy of the batch, in J, over all participating devices:
@@ -16,14 +16,24 @@ Energy of the batch, in J, over all participating devices:
     energy  = sum_phase power_phase * t_phase + idle_power * world_size * total
               + energy_per_gflop * GFLOPs of all devices
 
+n_exchanges counts collectives per pass, n_messages the latency-bearing message steps
+(features.py): equal for single / voltage / prism, 2 (P-1) per all-reduce for
+tensor_parallel's GLOO ring, tiles per collective for galaxy.
+
 Fitting (`CostModel.fit`): each phase by robust (soft-L1) least squares on relative
 residuals with every parameter >= 0, per strategy for the phases in `per_strategy`
 (kernels and staging paths differ between strategies) and shared for the link (one link,
-one efficiency). Then one gradient-boosting model per phase on the log ratio
-measured / analytical over physics features (FLOPs, bytes/bw, staged bytes, exchanges,
-batch, seq_len, world_size); its weight (0..1) is chosen by K-fold cross-validation, so
-the residual layer is only used where it helps on held-out rows. Out-of-fold errors of
-the total give the prediction interval (split-conformal on log ratios).
+one efficiency, one latency per message step), tensor_parallel and galaxy included: their
+collectives differ from the pairwise exchange in the number of message steps, which
+n_messages carries. `tp_phases` can give tensor_parallel and galaxy their own parameters
+in more phases (e.g. comm; the pooled fit of such a phase then leaves their rows out):
+on the measured testbed that predicted held-out rows worse than the shared link
+(docs/costmodel.md), so the default is none. Then one gradient-boosting model per phase
+on the log ratio measured / analytical over physics features (FLOPs, bytes/bw, staged
+bytes, exchanges, batch, seq_len, world_size); its weight (0..1) is chosen by K-fold
+cross-validation, so the residual layer is only used where it helps on held-out rows.
+Out-of-fold errors of the total give the prediction interval (split-conformal on log
+ratios).
 
 Persistence: JSON only (`save`/`load`), schema_version 1; the boosted trees are stored
 as their node arrays and evaluated by trees.JsonGBR (no pickle, no scikit-learn needed
@@ -41,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from .features import STRATEGIES, QueryError, physics
-from .formulas import ModelShape
+from .formulas import TP_STRATEGIES, ModelShape
 from .perfmap import PerfMap, PerfMapError, atomic_write_text, load_perfmap, record_latency_ms
 from .trees import JsonGBR, export_gbr
 
@@ -51,7 +61,7 @@ PHASES = ("compute", "staging", "comm", "other")
 BASIS = {
     "compute": ("c_fixed_ms", "c_exchange_ms", "ms_per_gflop", "ms_per_flops_per_row_e8"),
     "staging": ("s_exchange_ms", "ms_per_mb"),
-    "comm": ("l_exchange_ms", "inv_efficiency"),
+    "comm": ("l_message_ms", "inv_efficiency"),      # per message step (n_messages)
     "other": ("o_fixed_ms", "o_sample_ms"),
 }
 ENERGY_BASIS = ("compute_w", "staging_w", "comm_w", "other_w", "idle_w_per_device", "j_per_gflop")
@@ -78,7 +88,7 @@ def _basis(phase: str, f: dict) -> np.ndarray:
     elif phase == "staging":
         cols = [f["n_exchanges"], f["staged_bytes"] / 1e6]
     elif phase == "comm":
-        cols = [f["n_exchanges"], np.nan_to_num(f["comm_ms_nominal"])]
+        cols = [f["n_messages"], np.nan_to_num(f["comm_ms_nominal"])]
     else:
         cols = [np.ones(n), f["batch"]]
     return np.stack(cols, axis=1)
@@ -142,7 +152,8 @@ def _records_table(pm: PerfMap, recs: list, unshaped_bw: float | None) -> dict:
                     [np.nan if r.get("cr") is None else r["cr"] for r in rs],
                     [r["seq_len"] for r in rs], [r["world_size"] for r in rs], base,
                     exchange=rs[0].get("exchange", "pairwise"),
-                    m=[r.get("m") if r["strategy"] == "prism" else None for r in rs])
+                    m=[r.get("m") if r["strategy"] == "prism" else None for r in rs],
+                    tp=[record_tp_options(r) for r in rs])
         parts.append(f)
         order += idx
     f = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "_shape"}
@@ -157,6 +168,15 @@ def _records_table(pm: PerfMap, recs: list, unshaped_bw: float | None) -> dict:
     energy_est = np.array([np.nan if r.get("energy_est_j") is None else r["energy_est_j"] for r in recs], float)
     return {"f": f, "total": tot, "phases": ph, "energy": energy, "energy_est": energy_est,
             "model": np.array([r["model"] for r in recs], dtype=object)}
+
+
+def record_tp_options(r: dict) -> dict | None:
+    """tensor_parallel / galaxy options a perf-map record states (heads, cols,
+    collective, tiles); None (the runtime defaults) when it states none."""
+    if r["strategy"] not in TP_STRATEGIES:
+        return None
+    o = {k: r[k] for k in ("heads", "cols", "collective", "tiles") if r.get(k) is not None}
+    return o or None
 
 
 def _residual_X(f: dict, analytical_ms: np.ndarray) -> np.ndarray:
@@ -181,6 +201,9 @@ class CostModel:
 
     Settings (stored only; nothing is fitted in __init__):
       per_strategy: phases whose parameters are fitted per strategy (others shared).
+      tp_phases: phases in which tensor_parallel and galaxy get their own parameters
+        even where per_strategy shares them (the pooled fit of such a phase leaves
+        their rows out). Default none: the link is shared (measured better held out).
       residual: fit the residual layer (False: calibrated analytical model alone).
       interval: coverage of the prediction interval (0..1), from out-of-fold errors.
       unshaped_bw: Mbit/s assumed for distributed records whose bw is null (an
@@ -191,11 +214,12 @@ class CostModel:
         and the interval.
     """
 
-    def __init__(self, *, per_strategy=("compute", "staging"), residual: bool = True,
+    def __init__(self, *, per_strategy=("compute", "staging"), tp_phases=(), residual: bool = True,
                  interval: float = 0.8, unshaped_bw: float | None = None, min_rows: int = 4,
                  robust_scale: float = 0.05, cv_folds: int = 5, random_state: int = 0,
                  residual_estimators: int = 150):
         self.per_strategy = tuple(per_strategy)
+        self.tp_phases = tuple(tp_phases)
         self.residual = residual
         self.interval = interval
         self.unshaped_bw = unshaped_bw
@@ -206,14 +230,16 @@ class CostModel:
         self.residual_estimators = residual_estimators
 
     def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in ("per_strategy", "residual", "interval", "unshaped_bw",
+        return {k: getattr(self, k) for k in ("per_strategy", "tp_phases", "residual", "interval", "unshaped_bw",
                                                "min_rows", "robust_scale", "cv_folds",
                                                "random_state", "residual_estimators")}
 
     def _check_settings(self):
-        bad = [p for p in self.per_strategy if p not in PHASES]
-        if bad:
-            raise ValueError(f"per_strategy={list(self.per_strategy)}: unknown phase(s) {bad}; phases: {list(PHASES)}")
+        for name in ("per_strategy", "tp_phases"):
+            bad = [p for p in getattr(self, name) if p not in PHASES]
+            if bad:
+                raise ValueError(f"{name}={list(getattr(self, name))}: unknown phase(s) {bad}; "
+                                 f"phases: {list(PHASES)}")
         if not 0 < self.interval < 1:
             raise ValueError(f"interval={self.interval} must be in (0, 1)")
         if self.unshaped_bw is not None and not (self.unshaped_bw > 0):
@@ -233,11 +259,15 @@ class CostModel:
                 ok &= f["n_exchanges"] > 0
             denom = np.maximum(np.abs(y), 0.02 * total)
             groups = {}
-            groups["*"] = _robust_nonneg(X[ok], y[ok], denom[ok], self.robust_scale).tolist()
-            if phase in self.per_strategy:
+            own = set(TP_STRATEGIES) if phase in self.tp_phases else set()
+            pooled = ok & ~np.isin(strat, list(own))
+            if not pooled.any():       # a map of TP strategies only: pool them
+                pooled = ok
+            groups["*"] = _robust_nonneg(X[pooled], y[pooled], denom[pooled], self.robust_scale).tolist()
+            if phase in self.per_strategy or own:
                 for s in np.unique(strat[ok]):
                     m = ok & (strat == s)
-                    if m.sum() >= self.min_rows:
+                    if (phase in self.per_strategy or s in own) and m.sum() >= self.min_rows:
                         groups[str(s)] = _robust_nonneg(X[m], y[m], denom[m], self.robust_scale).tolist()
             params[phase] = groups
         return params
@@ -455,14 +485,29 @@ class CostModel:
         if notes:
             warnings.warn("cost model extrapolates: " + "; ".join(notes), OutOfRangeWarning, stacklevel=3)
 
+    def check_strategies(self, strategies) -> None:
+        """Raise QueryError (one line) for a strategy this model cannot predict: one the
+        cost model does not know, or tensor_parallel / galaxy when the fit held none of
+        their rows (the pairwise link parameters do not describe their collectives)."""
+        self._check_fitted()
+        for s in sorted({str(x) for x in np.asarray(strategies, dtype=object).ravel()}):
+            if s not in STRATEGIES:
+                raise QueryError(f"unknown strategy {s!r}; known: {list(STRATEGIES)}")
+            if s in TP_STRATEGIES and s not in self.strategies_:
+                raise QueryError(f"strategy {s!r} is not in this cost model (fitted on "
+                                 f"{self.strategies_}); fit it on a perf map with {s} rows")
+
     def predict(self, batch, bw=None, cr=None, *, strategy="prism", seq_len=None, world_size=2,
-                model: str | None = None, warn: bool = True) -> dict:
+                model: str | None = None, warn: bool = True, tp: dict | None = None) -> dict:
         """Predict latency and energy; every argument broadcasts (numpy rules).
 
         batch: samples per batch (integer >= 1); bw: nominal link rate in Mbit/s (ignored
         for single); cr: Prism compression rate L_p/m (ignored for single and voltage);
-        strategy: 'single', 'voltage' or 'prism'; seq_len: tokens N (default: the model's);
-        world_size: devices P (forced to 1 for single).
+        strategy: 'single', 'voltage', 'prism', 'tensor_parallel' or 'galaxy' (the last
+        two only when the fit held their rows); seq_len: tokens N (default: the model's);
+        world_size: devices P (forced to 1 for single); tp: options of tensor_parallel /
+        galaxy rows (heads, cols, collective, tiles; default the runtime's: even splits,
+        the native ring all-reduce, tiles 1).
         Returns float arrays of the broadcast shape: latency_ms (batch latency, ms), its
         interval latency_lo_ms / latency_hi_ms, per_sample_ms, the phases compute_ms,
         staging_ms, comm_ms, other_ms (ms), analytical_ms (the physics alone, ms),
@@ -472,12 +517,10 @@ class CostModel:
         self._check_fitted()
         shape = self._shape(model)
         strategy_a = np.asarray(strategy, dtype=object)
-        for s in np.unique(strategy_a):
-            if s not in STRATEGIES:
-                raise QueryError(f"unknown strategy {s!r}; known: {list(STRATEGIES)}")
+        self.check_strategies(strategy_a)
         f = physics(strategy_a, batch, np.nan if bw is None else bw, np.nan if cr is None else cr,
                     shape.seq_len if seq_len is None else seq_len, world_size, shape,
-                    exchange=self.exchange_)
+                    exchange=self.exchange_, tp=tp or None)
         out_shape = f.pop("_shape")
         if warn:
             self._warn_range(f)
@@ -660,7 +703,7 @@ class CostModel:
             out.setdefault("staging", {})[g] = {"per_exchange_ms": sex,
                                                 "staging_mb_per_s": (1e3 / kmb) if kmb > 0 else None}
         for g, (lex, inv) in self.params_["comm"].items():
-            out.setdefault("comm", {})[g] = {"per_exchange_ms": lex,
+            out.setdefault("comm", {})[g] = {"per_message_ms": lex,
                                              "link_efficiency": (1.0 / inv) if inv > 0 else None}
         for g, (o0, o1) in self.params_["other"].items():
             out.setdefault("other", {})[g] = {"fixed_ms": o0, "per_sample_ms": o1}

@@ -243,3 +243,72 @@ def model_entry(shape: ModelShape) -> dict:
     return {"name": shape.name, "seq_len": shape.seq_len, "d": shape.d, "heads": shape.heads,
             "d_ff": shape.d_ff, "n_layers": shape.n_layers,
             "embed_flops": float(shape.embed_flops), "head_flops": float(shape.head_flops)}
+
+
+# protocol keys that change what a record measures; maps that differ in one are not merged
+MERGE_PROTOCOL_KEYS = ("statistic", "threads_per_rank", "exchange", "device", "depth", "patch_size",
+                       "delay_ms", "latency", "phases")
+
+
+def _config_key(r: dict) -> str:
+    """What a record measures: its axes plus any tensor_parallel / galaxy options."""
+    return json.dumps([r.get(k) for k in ("strategy", "model", "seq_len", "world_size", "batch", "bw",
+                                          "cr", "m", "heads", "cols", "collective", "tiles")])
+
+
+def merge_perfmaps(*maps: "PerfMap | str | os.PathLike") -> PerfMap:
+    """One perf map from several sweeps of the same testbed, e.g. single/voltage/prism
+    plus tensor_parallel/galaxy (`merge_perfmaps("testbed_vit_p2.json",
+    "testbed_vit_tp.json")`), for fitting one cost model on both.
+
+    Checks (PerfMapError with one line): the same source and units; the same protocol
+    in every key that changes what a record measures (MERGE_PROTOCOL_KEYS, where both
+    maps state it); a (model, seq_len) that several maps list has the same shape; no
+    configuration measured twice. Records are concatenated in order; `models` is the
+    union; the first map's meta is kept, with `merged_from` in `sweep` naming every
+    map's `created` and record count. The result is validated."""
+    if len(maps) < 2:
+        raise PerfMapError(f"merge_perfmaps needs at least 2 perf maps, got {len(maps)}")
+    pms = [m if isinstance(m, PerfMap) else load_perfmap(m) for m in maps]
+    first = pms[0]
+    models = {(m["name"], m["seq_len"]): m for m in first.models}
+    shape_keys = ("d", "heads", "d_ff", "n_layers", "embed_flops", "head_flops")
+    seen = {}
+    for j, pm in enumerate(pms):
+        if j:
+            if pm.source != first.source:
+                raise PerfMapError(f"cannot merge perf map {j} (source {pm.source!r}) with source "
+                                   f"{first.source!r}")
+            if pm.meta.get("units") != first.meta.get("units"):
+                raise PerfMapError(f"cannot merge perf map {j}: its units differ from the first map's")
+            pa, pb = first.meta.get("protocol", {}), pm.meta.get("protocol", {})
+            for k in MERGE_PROTOCOL_KEYS:
+                if k in pa and k in pb and pa[k] != pb[k]:
+                    raise PerfMapError(f"cannot merge perf map {j}: protocol.{k}={pb[k]!r} differs from "
+                                       f"{pa[k]!r}")
+            for m in pm.models:
+                key = (m["name"], m["seq_len"])
+                if key in models:
+                    a = models[key]
+                    diff = [k for k in shape_keys if a.get(k) != m.get(k)]
+                    if diff:
+                        raise PerfMapError(f"cannot merge perf map {j}: model {key[0]!r} seq_len={key[1]} "
+                                           f"has a different {diff[0]} ({m.get(diff[0])!r} vs {a.get(diff[0])!r})")
+                else:
+                    models[key] = m
+        for r in pm.records:
+            k = _config_key(r)
+            if k in seen:
+                raise PerfMapError(f"cannot merge: {r['strategy']} {r['model']} seq_len={r['seq_len']} "
+                                   f"P={r['world_size']} batch={r['batch']} bw={r.get('bw')} cr={r.get('cr')} "
+                                   f"is in perf map {seen[k]} and perf map {j}")
+            seen[k] = j
+    meta = json.loads(json.dumps(first.meta))
+    meta["models"] = list(models.values())
+    sweep = dict(meta.get("sweep") or {})
+    sweep["merged_from"] = [{"created": pm.meta.get("created"), "n_records": len(pm.records),
+                             "axes": (pm.meta.get("sweep") or {}).get("axes")} for pm in pms]
+    meta["sweep"] = sweep
+    d = {**meta, "records": [dict(r) for pm in pms for r in pm.records]}
+    validate_perfmap(d)
+    return PerfMap.from_dict(d)

@@ -5,6 +5,11 @@ Never data: every map made here has `source: "synthetic"` and records with
 own form (a small-message link inefficiency, an attention-size throughput loss, a
 seq_len-dependent overhead), plus log-normal noise, so the residual layer has something
 real to learn and the analytical layer cannot fit it exactly.
+
+tensor_parallel / galaxy rows appear only when `axes["strategy"]` names them (the
+default grid is unchanged): their link pays per message step (`n_messages`, a ring
+all-reduce's 2 (P-1) steps), with tensor_parallel adding a CPU reduction of the bytes
+it receives and galaxy hiding a share of its transfer behind compute.
 """
 from __future__ import annotations
 
@@ -24,14 +29,18 @@ DEFAULT_AXES = {"strategy": ("single", "voltage", "prism"), "batch": (1, 2, 4, 8
 def _true_phases(f: dict, rng, noise: float) -> dict:
     """The synthetic ground truth (ms) for physics features f."""
     n_ex, batch = f["n_exchanges"], f["batch"]
+    steps = f.get("n_messages", n_ex)
     attn = batch * f["seq_len"] ** 2 / 1e5                    # attention-matrix size proxy
     thr = 60e9 * f["rows"] / (f["rows"] + 80.0) / (1.0 + 0.08 * np.log1p(attn))
     compute = 2.0 + 0.3 * n_ex + f["flops"] / thr * 1e3
     staging = 0.04 * n_ex + f["staged_bytes"] / 2.5e9 * 1e3
     with np.errstate(invalid="ignore", divide="ignore"):
-        msg = np.where(n_ex > 0, f["wire_bytes"] / np.maximum(n_ex, 1), 0.0)
+        msg = np.where(n_ex > 0, f["wire_bytes"] / np.maximum(steps, 1), 0.0)
         eff = 0.93 * msg / (msg + 16e3)
-        comm = np.where(n_ex > 0, 0.6 * n_ex + f["wire_bytes"] * 8 / (f["bw"] * 1e6 * eff) * 1e3, 0.0)
+        comm = np.where(n_ex > 0, 0.6 * steps + f["wire_bytes"] * 8 / (f["bw"] * 1e6 * eff) * 1e3, 0.0)
+        strat = np.asarray(f["strategy"], dtype=object)
+        comm = np.where(strat == "tensor_parallel", comm + f["wire_bytes"] / 1.5e9 * 1e3, comm)
+        comm = np.where(strat == "galaxy", 0.8 * comm, comm)
     other = 1.0 + 0.15 * batch + 0.004 * f["seq_len"]
     out = {"compute": compute, "staging": staging, "comm": comm, "other": other}
     for k, v in out.items():
