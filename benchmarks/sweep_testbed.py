@@ -12,6 +12,9 @@ out/sweeps/; the perf maps go to data/perfmaps/):
   p3: the same models, P=3 (a subset: batch {1,4,16}, bw {200,500,900}, img {96,224}),
       voltage and prism only (single is in p2). On a 2-core host P=3 shares cores: the
       perf map says so (cluster.devices, link_emulation.cores_shared).
+  p2a: vit_tiny's part of p2 again with adaptive repeats (at least 5, up to 25, until the
+      median's robust relative standard error is <= 1.5 %, at most 10 s of repeats per
+      configuration): the measurement-protocol A/B behind the cost-model accuracy (issue 4).
   tp: the head/column-split baselines (issue 8): tensor_parallel and galaxy, the same
       models, P=2, batch {1,2,4,8,16}, bw {200,...,900}, img {96,160,224}. Batch 32 is
       left out: tensor_parallel sends 4x Voltage's bytes, ~9 s a pass at 200 Mbit/s.
@@ -41,6 +44,9 @@ PARTS = {
                cr="3.3,4.95,9.9", img_size="96,160,224", world_size="2"),
     "p3": dict(strategy="voltage,prism", batch="1,4,16", bw="200,500,900",
                cr="3.3,4.95,9.9", img_size="96,224", world_size="3"),
+    "p2a": dict(model="vit_tiny_patch16_224", strategy="single,voltage,prism", batch="1,2,4,8,16,32",
+                bw="200,300,500,700,900", cr="3.3,4.95,9.9", img_size="96,160,224", world_size="2",
+                max_repeats="25", target_se="0.015", repeat_budget="10"),
     "tp": dict(strategy="tensor_parallel,galaxy", batch="1,2,4,8,16", bw="200,300,500,700,900",
                cr="9.9", img_size="96,160,224", world_size="2"),
 }
@@ -49,7 +55,7 @@ PROTOCOL = dict(warmup="1", repeats="5")
 
 def part_args(name: str, out_dir: str, raw_dir: str, models=MODELS, **over) -> list:
     ax = {**PARTS[name], **PROTOCOL, **over}
-    args = ["profile", "--model", ",".join(models)]
+    args = ["profile", "--model", ax.pop("model", ",".join(models))]
     for k, v in ax.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     args += ["--out", os.path.join(out_dir, f"testbed_vit_{name}.json"),

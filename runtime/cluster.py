@@ -286,6 +286,8 @@ def _plan(spec, model: str, ws: int, group: list, *, energy_scope: str) -> dict:
     return {"model": model, "patch_size": spec.patch_size, "depth": spec.depth, "seed": spec.seed,
             "world_size": ws, "exchange": spec.exchange, "warmup": spec.warmup,
             "repeats": spec.repeats, "timeout_s": spec.timeout_s, "device": spec.device,
+            "max_repeats": spec.max_repeats, "target_rel_se": spec.target_rel_se,
+            "repeat_budget_s": spec.repeat_budget_s,
             "threads": spec.threads, "blocks": spec.blocks, "meter": spec.meter,
             "power_model": spec.power_model, "energy_scope": energy_scope,
             "configs": [{"key": c.key, "img_size": c.img_size, "strategy": c.strategy,

@@ -61,6 +61,9 @@ class SweepSpec:
     exchange: str = "pairwise"
     warmup: int = 1
     repeats: int = 5
+    max_repeats: Optional[int] = None     # adaptive: repeat past `repeats` until the median is precise
+    target_rel_se: float = 0.02           # ... to this robust relative standard error
+    repeat_budget_s: float = 20.0         # ... or this many seconds of repeats per configuration
     seed: int = 0
     device: str = "cpu"
     threads: int = 1
@@ -104,6 +107,10 @@ class SweepSpec:
             need(len(self.crs) > 0, "prism needs at least one cr")
         need(self.exchange in EXCHANGES, f"unknown exchange {self.exchange!r}; known: {list(EXCHANGES)}")
         need(self.warmup >= 0 and self.repeats >= 1, f"warmup={self.warmup} must be >= 0 and repeats={self.repeats} >= 1")
+        need(self.max_repeats is None or self.max_repeats >= self.repeats,
+             f"max_repeats={self.max_repeats} must be >= repeats={self.repeats}")
+        need(0 < self.target_rel_se < 1, f"target_rel_se={self.target_rel_se} must be in (0, 1)")
+        need(self.repeat_budget_s > 0, f"repeat_budget_s={self.repeat_budget_s} must be > 0")
         need(self.testbed in MODES, f"unknown testbed mode {self.testbed!r}; allowed: {list(MODES)}")
         need(self.delay_ms >= 0, f"delay={self.delay_ms} ms must be >= 0")
         need(self.timeout_s > 0, f"timeout={self.timeout_s} s must be > 0")
@@ -112,10 +119,16 @@ class SweepSpec:
 
     def protocol(self) -> dict:
         """What must not change between a sweep and its resumption."""
-        return {"warmup": self.warmup, "repeats": self.repeats, "statistic": "median",
-                "threads_per_rank": self.threads, "exchange": self.exchange, "seed": self.seed,
-                "device": self.device, "depth": self.depth, "patch_size": self.patch_size,
-                "delay_ms": self.delay_ms}
+        p = {"warmup": self.warmup, "repeats": self.repeats, "statistic": "median",
+             "threads_per_rank": self.threads, "exchange": self.exchange, "seed": self.seed,
+             "device": self.device, "depth": self.depth, "patch_size": self.patch_size,
+             "delay_ms": self.delay_ms}
+        if self.max_repeats is not None and self.max_repeats > self.repeats:
+            p.update(max_repeats=self.max_repeats, target_rel_se=self.target_rel_se,
+                     repeat_budget_s=self.repeat_budget_s,
+                     repeats_rule="at least `repeats`; more until the median's robust relative "
+                                  "standard error <= target_rel_se, or max_repeats, or the budget")
+        return p
 
 
 @dataclass(frozen=True)
@@ -322,6 +335,58 @@ def _energy_tools(plan: dict, rank: int):
     return meter, estimate
 
 
+def _stop_repeating(lat: list, plan: dict, spent_s: float, rank: int, world_size: int) -> bool:
+    """Adaptive repeats (plan max_repeats > repeats): stop once the median is precise
+    enough — robust relative standard error 1.2533 * (IQR / 1.349) / sqrt(n) / median
+    at most target_rel_se — or the extra-repeat time budget is spent. Rank 0 decides
+    on its own wall times (they start together after a barrier) and tells the others."""
+    import numpy as np
+    import torch
+
+    stop = 0
+    if rank == 0:
+        q1, med, q3 = np.percentile(lat, [25, 50, 75])
+        se = 1.2533 * (q3 - q1) / 1.349 / math.sqrt(len(lat)) / med
+        stop = int(se <= plan.get("target_rel_se", 0.02) or spent_s >= plan.get("repeat_budget_s", 20.0))
+    if world_size > 1:
+        t = torch.tensor([stop], dtype=torch.int64)
+        torch.distributed.broadcast(t, src=0)
+        stop = int(t.item())
+    return bool(stop)
+
+
+def _cpu_snapshot() -> Optional[tuple]:
+    """(host user+nice jiffies from /proc/stat, this process's user jiffies, clock)."""
+    try:
+        with open("/proc/stat") as f:
+            cpu = f.readline().split()
+        host_user = int(cpu[1]) + int(cpu[2])
+        return host_user, os.times().user * os.sysconf("SC_CLK_TCK"), time.monotonic()
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _cpu_delta(snap) -> Optional[dict]:
+    now = _cpu_snapshot()
+    if snap is None or now is None:
+        return None
+    return {"host_user": now[0] - snap[0], "own_user": now[1] - snap[1], "wall_s": now[2] - snap[2]}
+
+
+def _foreign_cpu(every: list, plan: dict) -> Optional[float]:
+    """User CPU that processes other than the ranks used on the host while this
+    configuration was measured, in % of the host's cores (a contamination check for
+    the one-host testbed; None on real multi-device runs)."""
+    if plan.get("energy_scope") == "per-device":
+        return None
+    cpus = [r.get("cpu") for r in every]
+    if any(c is None for c in cpus) or cpus[0]["wall_s"] <= 0:
+        return None
+    tck = os.sysconf("SC_CLK_TCK")
+    foreign = cpus[0]["host_user"] - sum(c["own_user"] for c in cpus)
+    return round(max(0.0, foreign / tck / cpus[0]["wall_s"] / (os.cpu_count() or 1) * 100), 2)
+
+
 def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
     """Measure every configuration of one group on this rank; rank 0 calls emit(row)."""
     import numpy as np
@@ -363,21 +428,30 @@ def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
         lat, timings, res = [], [], None
         if meter is not None:
             meter.start()
-        for _ in range(repeats):
+        cpu0 = _cpu_snapshot()
+        t_rep = time.perf_counter()
+        while True:
             if world_size > 1:
                 torch.distributed.barrier()
             t0 = time.perf_counter()
             res = runner(x)
             lat.append((time.perf_counter() - t0) * 1e3)
             timings.append(res.timing)
+            if len(lat) >= max(repeats, plan.get("max_repeats") or repeats):
+                break
+            if len(lat) >= repeats and _stop_repeating(lat, plan, time.perf_counter() - t_rep,
+                                                       rank, world_size):
+                break
+        n_rep = len(lat)
         joules = meter.stop() if meter is not None else None
         mine = {"rank": rank, "latency_ms": lat, "timing": _median_timing(timings),
-                "joules": joules if joules is not None and joules > 0 else None}
+                "joules": joules if joules is not None and joules > 0 else None,
+                "cpu": _cpu_delta(cpu0)}
         every = xch.gather_json(mine, rank, world_size)
         if rank != 0:
             continue
         p = res.plan
-        e2e = [max(r["latency_ms"][i] for r in every) for i in range(repeats)]
+        e2e = [max(r["latency_ms"][i] for r in every) for i in range(n_rep)]
         med = float(statistics.median(e2e))
         tot = every[0]["timing"]["totals"]
         row = {
@@ -398,16 +472,19 @@ def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
         if plan.get("energy_scope") == "per-device":
             js = [r.get("joules") for r in every]
             if all(j is not None for j in js):       # every device measured: their sum
-                row["energy_j"] = sum(js) / repeats
+                row["energy_j"] = sum(js) / n_rep
                 row["energy_source"] = f"{meter.source} (sum over {world_size} devices)"
         elif joules is not None and joules > 0:
-            row["energy_j"], row["energy_source"] = joules / repeats, meter.source
+            row["energy_j"], row["energy_source"] = joules / n_rep, meter.source
         if estimate is not None:
             phases = {k: [r["timing"]["totals"][k] for r in every]
                       for k in ("compute_ms", "staging_ms", "comm_ms")}
             est, label = estimate({**phases, "wall_ms": med}, world_size)
             if est and est > 0:
                 row["energy_est_j"], row["energy_model"] = float(est), label
+        foreign = _foreign_cpu(every, plan)
+        if foreign is not None:
+            row["host_foreign_cpu_pct"] = foreign
         if plan.get("blocks"):
             row["blocks"] = [{k: (int(v) if k.endswith("_bytes") else v) for k, v in blk.items()}
                              for blk in every[0]["timing"]["blocks"]]
@@ -590,6 +667,8 @@ class Sweep:
                     "depth": self.spec.depth, "seed": self.spec.seed, "world_size": ws,
                     "exchange": self.spec.exchange, "warmup": self.spec.warmup,
                     "repeats": self.spec.repeats, "timeout_s": self.spec.timeout_s,
+                    "max_repeats": self.spec.max_repeats, "target_rel_se": self.spec.target_rel_se,
+                    "repeat_budget_s": self.spec.repeat_budget_s,
                     "device": self.spec.device, "threads": self.spec.threads,
                     "blocks": self.spec.blocks, "meter": self.spec.meter,
                     "power_model": self.spec.power_model,
@@ -617,7 +696,8 @@ class Sweep:
 
             argv = self_argv(["profile-worker", "--plan", path])
             n = len(remaining)
-            budget = 120 + self.spec.timeout_s * n * (self.spec.warmup + self.spec.repeats + 1)
+            reps = max(self.spec.repeats, self.spec.max_repeats or 0)
+            budget = 120 + self.spec.timeout_s * n * (self.spec.warmup + reps + 1)
             err = None
             try:
                 if tb is None:
@@ -812,7 +892,13 @@ def add_profile_args(p) -> None:
     p.add_argument("--patch-size", type=int)
     p.add_argument("--exchange", default="pairwise", help="pairwise | allgather")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per configuration (at least)")
+    p.add_argument("--max-repeats", type=int, default=None,
+                   help="adaptive: repeat up to this many times until the median is precise (--target-se)")
+    p.add_argument("--target-se", type=float, default=0.02,
+                   help="adaptive repeats stop at this robust relative standard error of the median")
+    p.add_argument("--repeat-budget", type=float, default=20.0,
+                   help="adaptive repeats: seconds of repeats per configuration at most")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--delay", type=float, default=0.0, help="one-way delay, ms (netem where available)")
@@ -835,6 +921,7 @@ def spec_from_args(a) -> SweepSpec:
         crs=_list(float, "cr")(a.crs), img_sizes=_list(int, "img-size")(a.img_sizes),
         world_sizes=_list(int, "world-size")(a.world_sizes), depth=a.depth,
         patch_size=a.patch_size, exchange=a.exchange, warmup=a.warmup, repeats=a.repeats,
+        max_repeats=a.max_repeats, target_rel_se=a.target_se, repeat_budget_s=a.repeat_budget,
         seed=a.seed, device=a.device, delay_ms=a.delay, testbed=a.testbed, timeout_s=a.timeout,
         blocks=a.blocks, meter=a.meter, power_model=a.power_model)
 

@@ -174,3 +174,30 @@ def test_sigkilled_sweep_resumes_without_loss_or_duplicates(tmp_path):
     pm = load_perfmap(out)
     assert len(pm.records) == 8 and not any(r["error"] for r in pm.records)
     assert tbm.list_namespaces("ptres") == []                # the killed run's namespaces too
+
+
+@pytest.mark.gloo
+@pytest.mark.parametrize("target, expect_n", [("0.9", 2), ("0.000001", 6)])
+def test_adaptive_repeats_stop_when_the_median_is_precise(tmp_path, target, expect_n):
+    """--max-repeats: at least --repeats, then more until the robust relative standard
+    error of the median reaches --target-se (a loose target stops at the minimum, an
+    impossible one runs to the maximum); the protocol records the rule, and every record
+    carries the host's foreign CPU share measured while it ran."""
+    out = tmp_path / "map.json"
+    p = _run_cli(["profile", *TINY, "--img-size", "32", "--batch", "1", "--strategy", "single,voltage",
+                  "--warmup", "0", "--repeats", "2", "--max-repeats", "6", "--target-se", target,
+                  "--testbed", "loopback", "--out", str(out), "--no-progress"])
+    so, se = p.communicate(timeout=240)
+    assert p.returncode == 0, se[-3000:]
+    d = json.loads(out.read_text())
+    assert d["protocol"]["max_repeats"] == 6 and d["protocol"]["target_rel_se"] == float(target)
+    for r in d["records"]:
+        assert r["latency_ms"]["n"] == expect_n and len(r["latency_ms"]["samples"]) == expect_n
+        assert r["host_foreign_cpu_pct"] >= 0
+
+
+def test_adaptive_repeats_bad_input():
+    with pytest.raises(ValueError, match="max_repeats=3 must be >= repeats=5"):
+        SweepSpec(max_repeats=3)
+    with pytest.raises(ValueError, match=r"target_rel_se=0 must be in \(0, 1\)"):
+        SweepSpec(max_repeats=9, target_rel_se=0)
