@@ -44,14 +44,15 @@ def _model(a):
 
 def cmd_fit(a) -> dict:
     from .model import CostModel
-    from .perfmap import load_perfmap
+    from .perfmap import load_perfmap, merge_perfmaps
 
-    pm = load_perfmap(a.perfmap)
+    pm = load_perfmap(a.perfmap[0]) if len(a.perfmap) == 1 else merge_perfmaps(*a.perfmap)
     cm = CostModel(unshaped_bw=a.unshaped_bw, residual=not a.no_residual, interval=a.interval)
     cm.fit(pm)
     name = a.name or __import__("pathlib").Path(a.out).stem
-    profile = {"name": name, "perfmap": str(a.perfmap), "perfmap_source": pm.source,
-               "description": a.description or f"fitted on {a.perfmap} ({pm.source})",
+    maps = " + ".join(str(p) for p in a.perfmap)
+    profile = {"name": name, "perfmap": maps, "perfmap_source": pm.source,
+               "description": a.description or f"fitted on {maps} ({pm.source})",
                "command": "python -m costmodel fit " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else None}
     cm.save(a.out, profile=profile)
     print(f"wrote {a.out} ({cm.training_['n_rows']} rows)", file=sys.stderr)
@@ -99,7 +100,7 @@ def _parser():
     ap = argparse.ArgumentParser(prog="python -m costmodel", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fit", help="fit a cost model on a perf map and save it as JSON")
-    f.add_argument("perfmap")
+    f.add_argument("perfmap", nargs="+", help="perf map(s); several are merged (perfmap.merge_perfmaps)")
     f.add_argument("--out", required=True, help="output JSON (e.g. costmodel/profiles/NAME.json)")
     f.add_argument("--unshaped-bw", type=float, default=None,
                    help="Mbit/s assumed for distributed records with bw null (unthrottled link)")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import costmodel
-from costmodel.decision import DEFAULT_CANDIDATES, TP_CANDIDATES, DecisionTable
+from costmodel.decision import DEFAULT_CANDIDATES, TP_CANDIDATES, DecisionTable, choose
 from costmodel.features import QueryError, per_sample, physics, tp_is_default, tp_key
 from costmodel.formulas import make_plan, shape_for, vit_shape
 from costmodel.model import CostModel, metrics
@@ -262,3 +262,37 @@ def test_measured_tp_held_out_bandwidth():
                    strategy=np.array([r["strategy"] for r in test], dtype=object), seq_len=101, warn=False)
     m = metrics(p["latency_ms"], [record_latency_ms(r) for r in test])
     assert m["median_ape"] < 10.0 and m["p90_ape"] < 25.0, m
+
+
+# ----------------------------------------------------------------------------- shipped profile, CLI
+
+def test_shipped_tp_profile_knows_tp_and_decides():
+    assert "testbed-vit-tp" in costmodel.list_profiles()
+    cm = costmodel.load_profile("testbed-vit-tp")
+    assert {"tensor_parallel", "galaxy", "single", "voltage", "prism"} == set(cm.strategies_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = choose(16, 200, seq_len=197, profile="testbed-vit-tp", candidates=DEFAULT_CANDIDATES + TP_CANDIDATES)
+        p = costmodel.predict(16, 200, None, strategy="tensor_parallel", seq_len=197, profile="testbed-vit-tp")
+    # tensor_parallel sends 4x Voltage's bytes: never the pick on a 200 Mbit/s link
+    assert d["mode"] not in ("tensor_parallel", "galaxy") and "galaxy" in d["predicted"]
+    assert p["breakdown"]["comm_ms"] > p["breakdown"]["compute_ms"] > 0
+
+
+def test_cli_fit_merges_several_perf_maps(tmp_path):
+    import subprocess
+    import sys
+
+    from costmodel.perfmap import save_perfmap
+
+    a = save_perfmap(_synth_map(("single", "voltage", "prism")), tmp_path / "a.json")
+    b = save_perfmap(_synth_map(("tensor_parallel", "galaxy"), seed=1), tmp_path / "b.json")
+    out = tmp_path / "m.json"
+    r = subprocess.run([sys.executable, "-m", "costmodel", "fit", str(a), str(b), "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cm = CostModel.load(out)
+    assert "galaxy" in cm.strategies_ and " + " in cm.profile_["perfmap"]
+    r = subprocess.run([sys.executable, "-m", "costmodel", "fit", str(a), str(a), "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "is in perf map 0 and perf map 1" in r.stderr
