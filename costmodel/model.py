@@ -35,6 +35,19 @@ cross-validation, so the residual layer is only used where it helps on held-out 
 Out-of-fold errors of the total give the prediction interval (split-conformal on log
 ratios).
 
+Galaxy's overlap layer (`overlap_`, OVERLAP_STRATEGIES). Galaxy overlaps its transfers
+with compute by tiles, so its comm_ms is only the wait compute did not hide. Its rows
+are predicted by a layer of their own:
+
+    comm    = max(0, l_message * n_messages + wire / efficiency
+                     - overlap_share * min(wire, compute))
+
+(the shared link; wire = comm_ms_nominal, compute = the analytical compute phase;
+overlap_share >= 0 fitted robustly on galaxy's comm phase), then galaxy's own residual
+models and weights on top (chosen on its out-of-fold rows). The base layers are fitted
+exactly as without it (galaxy's rows included), so every other strategy predicts as
+before, and a model fitted without galaxy rows has no layer.
+
 Persistence: JSON only (`save`/`load`), schema_version 1; the boosted trees are stored
 as their node arrays and evaluated by trees.JsonGBR (no pickle, no scikit-learn needed
 to predict).
@@ -68,6 +81,7 @@ ENERGY_BASIS = ("compute_w", "staging_w", "comm_w", "other_w", "idle_w_per_devic
 RESIDUAL_FEATURES = ("log_gflops", "log_comm_ms_nominal", "log_staged_mb", "n_exchanges",
                      "log_batch", "seq_len", "world_size", "log_analytical_ms")
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+OVERLAP_STRATEGIES = ("galaxy",)     # comm overlapped with compute: their own overlap layer (overlap_)
 AXES = ("batch", "bw", "cr", "seq_len", "world_size")
 
 
@@ -92,6 +106,19 @@ def _basis(phase: str, f: dict) -> np.ndarray:
     else:
         cols = [np.ones(n), f["batch"]]
     return np.stack(cols, axis=1)
+
+
+def _hideable_ms(f: dict, compute_ms: np.ndarray) -> np.ndarray:
+    """Wire time that compute can hide under galaxy's tile overlap: min(wire time at the
+    nominal rate, analytical compute)."""
+    return np.minimum(np.nan_to_num(f["comm_ms_nominal"]), np.maximum(compute_ms, 0.0))
+
+
+def _exposed_comm(ana: dict, share: float, f: dict) -> np.ndarray:
+    """Exposed comm of an overlapping strategy (galaxy): its analytical comm phase (the
+    link's l_message * n_messages + wire / efficiency) minus `share` x the hideable wire
+    time min(wire, analytical compute), >= 0."""
+    return np.maximum(ana["comm"] - share * _hideable_ms(f, ana["compute"]), 0.0)
 
 
 def _robust_nonneg(X: np.ndarray, y: np.ndarray, denom: np.ndarray, f_scale: float) -> np.ndarray:
@@ -359,6 +386,10 @@ class CostModel:
         fold = rng.permutation(np.arange(n) % k)
         oof_ana = {p: np.full(n, np.nan) for p in PHASES}
         oof_res = {p: np.zeros(n) for p in PHASES}
+        ov_rows = {s: np.flatnonzero(T["f"]["strategy"] == s) for s in OVERLAP_STRATEGIES}
+        ov_rows = {s: r for s, r in ov_rows.items() if r.size >= self.min_rows}
+        oof_ov = {s: ({p: np.full(n, np.nan) for p in PHASES}, {p: np.zeros(n) for p in PHASES})
+                  for s in ov_rows}
         oof_pow = np.full((n, len(ENERGY_BASIS)), np.nan)
         for j in range(k):
             tr, te = all_idx[fold != j], all_idx[fold == j]
@@ -373,21 +404,29 @@ class CostModel:
                 oof_ana[p][te] = a_te[p]
                 if res.get(p) is not None:
                     oof_res[p][te] = res[p].predict(_residual_X(fte, a_te[p]))
+            for s, rows in ov_rows.items():
+                s_tr, s_te = np.intersect1d(rows, tr), np.intersect1d(rows, te)
+                if s_tr.size < self.min_rows or s_te.size == 0:
+                    continue
+                layer = self._fit_overlap_layer(T, s_tr, prm, residual_weight=None)
+                fs = {kk: v[s_te] for kk, v in T["f"].items()}
+                a_s, r_s = self._overlap_phases(layer, prm, fs)
+                for p in PHASES:
+                    oof_ov[s][0][p][s_te], oof_ov[s][1][p][s_te] = a_s[p], r_s[p]
             ep = self._fit_energy(T, tr, energy_target)
             if ep is not None:
                 oof_pow[te] = ep
-        lam = {}
-        for p in PHASES:
-            y = T["phases"][p]
-            ok = np.isfinite(y) & (y > 0) & (oof_ana[p] > 0)
-            if not self.residual or not ok.any() or not np.any(oof_res[p][ok]):
-                lam[p] = 0.0
-                continue
-            errs = [np.mean(np.abs(np.log(oof_ana[p][ok] * np.exp(l * oof_res[p][ok]) / y[ok])))
-                    for l in LAMBDAS]
-            lam[p] = float(LAMBDAS[int(np.argmin(errs))])
+        lam = self._choose_lambda(T, oof_ana, oof_res, all_idx)
         oof_ph = {p: np.where(oof_ana[p] > 0, oof_ana[p] * np.exp(lam[p] * oof_res[p]), oof_ana[p])
                   for p in PHASES}
+        lam_ov = {}
+        for s, rows in ov_rows.items():     # the overlap layer replaces its strategy's rows
+            a_s, r_s = oof_ov[s]
+            lam_ov[s] = self._choose_lambda(T, a_s, r_s, rows)
+            for p in PHASES:
+                oof_ana[p][rows] = a_s[p][rows]
+                oof_ph[p][rows] = np.where(a_s[p][rows] > 0, a_s[p][rows] * np.exp(lam_ov[s][p] * r_s[p][rows]),
+                                           a_s[p][rows])
         oof_tot = sum(oof_ph[p] for p in PHASES)
         oof_ana_tot = sum(oof_ana[p] for p in PHASES)
         oof_E = np.einsum("ij,ij->i", self._energy_X(T["f"], oof_ph), np.nan_to_num(oof_pow))
@@ -398,13 +437,15 @@ class CostModel:
         ana = self._predict_analytical(self.params_, T["f"])
         self.residual_ = self._fit_residual(T, all_idx, ana)
         self.residual_weight_ = lam
+        self.overlap_ = {s: self._fit_overlap_layer(T, rows, self.params_, residual_weight=lam_ov[s])
+                         for s, rows in ov_rows.items()}
         self.energy_params_ = self._fit_energy(T, all_idx, energy_target)
         self.energy_target_ = target_name if self.energy_params_ is not None else None
 
         self.interval_ = {"level": self.interval,
                           "latency": self._conformal(np.log(T["total"] / oof_tot)),
                           "energy": self._conformal(np.log(energy_target / oof_E))}
-        self.cv_ = {"folds": k, "residual_weight": lam,
+        self.cv_ = {"folds": k, "residual_weight": lam, **({"overlap_residual_weight": lam_ov} if lam_ov else {}),
                     "hybrid": {"latency": metrics(oof_tot, T["total"]),
                                **{p: metrics(oof_ph[p], T["phases"][p]) for p in PHASES[:3]},
                                "energy": metrics(oof_E, energy_target)},
@@ -432,6 +473,50 @@ class CostModel:
                           "unshaped_bw": self.unshaped_bw,
                           "n_energy_rows": int(np.isfinite(energy_target).sum())}
         return self
+
+    def _choose_lambda(self, T: dict, oof_ana: dict, oof_res: dict, rows: np.ndarray) -> dict:
+        """Residual weight per phase: the one of LAMBDAS with the least mean |log error| of
+        the out-of-fold predictions on `rows` (0 where the residual layer is off or silent)."""
+        lam = {}
+        for p in PHASES:
+            y, a, r = T["phases"][p][rows], oof_ana[p][rows], oof_res[p][rows]
+            ok = np.isfinite(y) & (y > 0) & (a > 0)
+            if not self.residual or not ok.any() or not np.any(r[ok]):
+                lam[p] = 0.0
+                continue
+            errs = [np.mean(np.abs(np.log(a[ok] * np.exp(l * r[ok]) / y[ok]))) for l in LAMBDAS]
+            lam[p] = float(LAMBDAS[int(np.argmin(errs))])
+        return lam
+
+    # ------------------------------------------------------------------ overlap layer (galaxy)
+    def _fit_overlap_layer(self, T: dict, rows: np.ndarray, params: dict, *, residual_weight) -> dict:
+        """Galaxy's overlap layer on its `rows`: exposed comm = l_message * n_messages +
+        wire / efficiency (the link of `params`) - overlap_share * min(wire, compute)
+        (compute: the analytical one of `params`), overlap_share >= 0 fitted robustly on
+        the measured comm phase; then its own residual models on the phases with that comm.
+        The base layers (params, residual_) still hold these rows as before, so every other
+        strategy is predicted as without the layer."""
+        f = {k: v[rows] for k, v in T["f"].items()}
+        ana = self._predict_analytical(params, f)
+        y = T["phases"]["comm"][rows]
+        ok = np.isfinite(y) & (f["n_exchanges"] > 0)
+        denom = np.maximum(np.abs(y), 0.02 * T["total"][rows])
+        hid = _hideable_ms(f, ana["compute"])
+        share = float(_robust_nonneg(-hid[ok][:, None], y[ok] - ana["comm"][ok], denom[ok], self.robust_scale)[0])
+        layer = {"overlap_share": share, "residual_weight": residual_weight}
+        ana["comm"] = _exposed_comm(ana, share, f)
+        layer["residual"] = self._fit_residual({"f": f, "total": T["total"][rows],
+                                                "phases": {p: T["phases"][p][rows] for p in PHASES}},
+                                               np.arange(rows.size), ana)
+        return layer
+
+    def _overlap_phases(self, layer: dict, params: dict, f: dict):
+        """Analytical phases and residual log-corrections of the overlap layer's rows."""
+        ana = self._predict_analytical(params, f)
+        ana["comm"] = _exposed_comm(ana, layer["overlap_share"], f)
+        res = {p: (m.predict(_residual_X(f, ana[p])) if m is not None else np.zeros(len(ana[p])))
+               for p, m in layer["residual"].items()}
+        return ana, res
 
     def _conformal(self, logr: np.ndarray) -> list | None:
         logr = logr[np.isfinite(logr)]
@@ -526,6 +611,17 @@ class CostModel:
             self._warn_range(f)
         ana = self._predict_analytical(self.params_, f)
         ph = self._apply_residual(self.residual_, self.residual_weight_, f, ana)
+        for s, layer in self.overlap_.items():     # galaxy: its overlap layer
+            rows = np.flatnonzero(f["strategy"] == s)
+            if rows.size:
+                fs = {k: v[rows] for k, v in f.items()}
+                a_s = self._predict_analytical(self.params_, fs)
+                a_s["comm"] = _exposed_comm(a_s, layer["overlap_share"], fs)
+                p_s = self._apply_residual(layer["residual"], layer["residual_weight"], fs, a_s)
+                ana, ph = dict(ana), dict(ph)
+                for p in PHASES:
+                    ana[p] = ana[p].copy(); ana[p][rows] = a_s[p]
+                    ph[p] = ph[p].copy(); ph[p][rows] = p_s[p]
         total = sum(ph[p] for p in PHASES)
         res = {"latency_ms": total, "analytical_ms": sum(ana[p] for p in PHASES),
                **{f"{p}_ms": ph[p] for p in PHASES}}
@@ -606,6 +702,9 @@ class CostModel:
             "params_": self.params_,
             "residual_": {p: (m.to_dict() if m is not None else None) for p, m in self.residual_.items()},
             "residual_weight_": self.residual_weight_,
+            "overlap_": {s: {"overlap_share": L["overlap_share"], "residual_weight": L["residual_weight"],
+                             "residual": {p: (m.to_dict() if m is not None else None) for p, m in L["residual"].items()}}
+                         for s, L in self.overlap_.items()},
             "energy_params_": self.energy_params_, "energy_target_": self.energy_target_,
             "interval_": self.interval_, "cv_": self.cv_, "strategies_": self.strategies_,
             "ranges_": self.ranges_, "models_": self.models_, "exchange_": self.exchange_,
@@ -652,6 +751,18 @@ class CostModel:
                 if m is not None and m.n_features != len(RESIDUAL_FEATURES):
                     raise ValueError(f"residual_.{p} has {m.n_features} features, expected {len(RESIDUAL_FEATURES)}")
             self.residual_weight_ = {p: float(d["residual_weight_"][p]) for p in PHASES}
+            self.overlap_ = {}                    # absent in files written before galaxy's overlap layer
+            for s, L in (d.get("overlap_") or {}).items():
+                if s not in OVERLAP_STRATEGIES:
+                    raise ValueError(f"overlap_.{s}: overlap layers exist for {list(OVERLAP_STRATEGIES)} only")
+                share = float(L["overlap_share"])
+                if not math.isfinite(share) or share < 0:
+                    raise ValueError(f"overlap_.{s}.overlap_share must be a finite number >= 0")
+                res = {p: (JsonGBR(L["residual"][p]) if L["residual"].get(p) else None) for p in PHASES}
+                if any(m is not None and m.n_features != len(RESIDUAL_FEATURES) for m in res.values()):
+                    raise ValueError(f"overlap_.{s}.residual must have {len(RESIDUAL_FEATURES)} features")
+                self.overlap_[s] = {"overlap_share": share, "residual": res,
+                                    "residual_weight": {p: float(L["residual_weight"][p]) for p in PHASES}}
             ep = d["energy_params_"]
             if ep is not None and (len(ep) != len(ENERGY_BASIS) or any((not math.isfinite(x)) or x < 0 for x in ep)):
                 raise ValueError(f"energy_params_ must be {len(ENERGY_BASIS)} finite numbers >= 0")
@@ -707,6 +818,8 @@ class CostModel:
                                              "link_efficiency": (1.0 / inv) if inv > 0 else None}
         for g, (o0, o1) in self.params_["other"].items():
             out.setdefault("other", {})[g] = {"fixed_ms": o0, "per_sample_ms": o1}
+        for s, L in self.overlap_.items():
+            out.setdefault("overlap", {})[s] = {"overlap_share": L["overlap_share"]}
         if self.energy_params_ is not None:
             out["energy"] = dict(zip(ENERGY_BASIS, self.energy_params_))
         return out
