@@ -15,6 +15,8 @@ out/sweeps/; the perf maps go to data/perfmaps/):
   p2a: vit_tiny's part of p2 again with adaptive repeats (at least 5, up to 25, until the
       median's robust relative standard error is <= 1.5 %, at most 10 s of repeats per
       configuration): the measurement-protocol A/B behind the cost-model accuracy (issue 4).
+  tp3: tensor_parallel and galaxy at P=3 (vit_tiny, the p3 subset): checks the cost
+      model's message-step count 2(P-1) out of sample (P=3 shares the 2 cores).
   tp: the head/column-split baselines (issue 8): tensor_parallel and galaxy, the same
       models, P=2, batch {1,2,4,8,16}, bw {200,...,900}, img {96,160,224}. Batch 32 is
       left out: tensor_parallel sends 4x Voltage's bytes, ~9 s a pass at 200 Mbit/s.
@@ -47,6 +49,8 @@ PARTS = {
     "p2a": dict(model="vit_tiny_patch16_224", strategy="single,voltage,prism", batch="1,2,4,8,16,32",
                 bw="200,300,500,700,900", cr="3.3,4.95,9.9", img_size="96,160,224", world_size="2",
                 max_repeats="25", target_se="0.015", repeat_budget="10"),
+    "tp3": dict(model="vit_tiny_patch16_224", strategy="tensor_parallel,galaxy", batch="1,4,16",
+                bw="200,500,900", cr="9.9", img_size="96,224", world_size="3"),
     "tp": dict(strategy="tensor_parallel,galaxy", batch="1,2,4,8,16", bw="200,300,500,700,900",
                cr="9.9", img_size="96,160,224", world_size="2"),
 }
