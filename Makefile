@@ -40,12 +40,11 @@ bench: $(STAMP)
 
 # README figures in docs/figures/: the Jetson paper map (jetson_*.png), then every
 # data/perfmaps/testbed_*.json present (<map>_*.png). Same plot functions as notebooks/.
-# The plots compare single / Voltage / Prism: testbed_vit_tp*.json (tensor_parallel and
-# galaxy only) is left out; its numbers are in benchmarks/bench_costmodel.py --part tp.
+# The plots compare single / Voltage / Prism: a map without those (testbed_vit_tp*.json,
+# tensor_parallel / galaxy only) is skipped by the plot command itself.
 figures: $(STAMP)
 	$(BIN)/python -m costmodel plot all --out docs/figures --name jetson
 	@for f in data/perfmaps/testbed_*.json; do [ -e "$$f" ] || continue; \
-		case "$$f" in *_tp.json|*_tp[0-9].json) continue;; esac; \
 		echo "$(BIN)/python -m costmodel plot all --out docs/figures --perfmap $$f"; \
 		$(BIN)/python -m costmodel plot all --out docs/figures --perfmap "$$f" || exit 1; done
 

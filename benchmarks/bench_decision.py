@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 
 from costmodel.decision import DecisionTable  # noqa: E402
 from costmodel.model import CostModel  # noqa: E402
-from costmodel.perfmap import PerfMap, load_perfmap, record_latency_ms  # noqa: E402
+from costmodel.perfmap import PerfMap, atomic_write_text, load_perfmap, record_latency_ms  # noqa: E402
 
 
 def _energy(r):
@@ -179,11 +179,7 @@ def main():
         print(f"  * energy objective scored on {energy_src}")
         for k, v in oh.items():
             print(f"  hook {k:<12} p50 {v['p50_us']:.2f} us   p99 {v['p99_us']:.2f} us   (n={v['n']})")
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    tmp = a.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, a.out)
+    atomic_write_text(a.out, json.dumps(report, indent=1))
     print(f"wrote {a.out}")
 
 

@@ -22,6 +22,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from costmodel.perfmap import atomic_write_text  # noqa: E402
+
 
 def run_cli(args: list, timeout: float = 1800) -> dict:
     env = dict(os.environ, PRISM_EDGE_LOG="WARNING")
@@ -195,14 +197,10 @@ def main():
             print(f"  {k:<16} all_gather {v['allgather']:8.1f} ms ({v['allgather'] / ideal:.2f}x)   "
                   f"pairwise {v['pairwise']:8.1f} ms ({v['pairwise'] / ideal:.2f}x)   "
                   f"bytes/bw {ideal:8.1f} ms   measured link {v['bw_measured']:.1f} Mbit/s")
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    tmp = a.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"schema_version": 1, "model": a.model, "batches": a.batches,
-                   "repeats": a.repeats, "duration_s": time.time() - t0, "rows": rows,
-                   "exchange_ms": exch, "exchange_shaped_ms": shaped, "shaped_bw": a.shaped_bw},
-                  f, indent=1)
-    os.replace(tmp, a.out)
+    atomic_write_text(a.out, json.dumps(
+        {"schema_version": 1, "model": a.model, "batches": a.batches, "repeats": a.repeats,
+         "duration_s": time.time() - t0, "rows": rows, "exchange_ms": exch,
+         "exchange_shaped_ms": shaped, "shaped_bw": a.shaped_bw}, indent=1))
     print(f"\nwrote {a.out} ({time.time() - t0:.0f} s)")
 
 

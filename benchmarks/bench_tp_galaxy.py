@@ -285,9 +285,10 @@ def main(argv=None):
           f"repeats={a.repeats}; host {os.cpu_count()} CPUs, load avg {load[0]:.1f}; "
           f"{time.time() - t0:.0f} s", file=sys.stderr)
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump({"schema_version": 1, "job": a.job, "args": {k: v for k, v in vars(a).items()},
-                       "load_avg": load, "rows": rows}, f, indent=1)
+        from costmodel.perfmap import atomic_write_text
+
+        atomic_write_text(a.out, json.dumps({"schema_version": 1, "job": a.job, "args": vars(a),
+                                             "load_avg": load, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 
 import costmodel  # noqa: E402
 from costmodel.model import metrics  # noqa: E402
-from costmodel.perfmap import load_perfmap, record_latency_ms  # noqa: E402
+from costmodel.perfmap import atomic_write_text, load_perfmap, record_latency_ms  # noqa: E402
 
 
 def main() -> None:
@@ -44,9 +44,7 @@ def main() -> None:
         out["strategies"][s] = {**m, "median_pred_over_measured": bias}
         print(f"{s:<16}{m['n']:>4}{m['median_ape']:>14.1f}{m['p90_ape']:>11.1f}{bias:>18.2f}")
     path = os.path.join(ROOT, "benchmarks/results/check_p3_extrapolation.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
 
 from bench_costmodel import lovo  # noqa: E402
-from costmodel.perfmap import PerfMap, load_perfmap  # noqa: E402
+from costmodel.perfmap import PerfMap, atomic_write_text, load_perfmap  # noqa: E402
 
 AXES = ("batch", "bw", "cr", "seq_len")
 
@@ -48,9 +48,7 @@ def main() -> None:
                 print(f"{name:<30} {ax:<8} {m:<10} median {t['median_ape']:5.1f}  P90 {t['p90_ape']:5.1f}"
                       f"  within10 {t['within_10pct'] * 100:4.0f}%", flush=True)
     out = os.path.join(ROOT, "benchmarks/results/costmodel_protocol_ab.json")
-    with open(out + ".tmp", "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(out + ".tmp", out)
+    atomic_write_text(out, json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

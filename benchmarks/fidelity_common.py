@@ -70,13 +70,10 @@ def environment() -> dict:
 
 def save_table(name: str, table: dict) -> str:
     """Atomic JSON write of a result table into data/fidelity/."""
-    os.makedirs(DATA, exist_ok=True)
+    from costmodel.perfmap import atomic_write_text
+
     path = os.path.join(DATA, name)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"schema_version": SCHEMA_VERSION, **table}, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, **table}, indent=1) + "\n")
     return path
 
 

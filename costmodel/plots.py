@@ -875,6 +875,9 @@ def _matching_profile(path: Path):
     return None
 
 
+PLOTTED_STRATEGIES = ("single", "voltage", "prism")   # what the standard figures compare
+
+
 def standard_figures(perfmap, out_dir, *, model=None, name: Optional[str] = None,
                      which: Sequence[str] = FIGURES, unshaped_bw: Optional[float] = None,
                      batches: Optional[Sequence[int]] = None, quick: bool = True) -> dict:
@@ -883,7 +886,8 @@ def standard_figures(perfmap, out_dir, *, model=None, name: Optional[str] = None
     model: a fitted CostModel for the model-based figures (bandwidth, decision, and energy
     gaps); default: the shipped profile fitted on this map, else a CostModel fitted on it
     (`quick`: 3 folds, 60 trees). Returns {"figures": {figure: path}, "crossover_bw":
-    {batch: Mbit/s or None}, "validation": summary, "model": where the model came from}."""
+    {batch: Mbit/s or None}, "validation": summary, "model": where the model came from};
+    a map with none of PLOTTED_STRATEGIES' records gives {"figures": {}, "skipped": why}."""
     from .model import CostModel
 
     path = Path(perfmap)
@@ -892,6 +896,9 @@ def standard_figures(perfmap, out_dir, *, model=None, name: Optional[str] = None
     unknown = [w for w in which if w not in FIGURES]
     if unknown:
         raise ValueError(f"unknown figure(s) {unknown}; known: {list(FIGURES)}")
+    if not any(r["strategy"] in PLOTTED_STRATEGIES for r in pm.usable()):
+        # e.g. a tensor_parallel / galaxy-only sweep: these figures compare other strategies
+        return {"figures": {}, "skipped": f"{path.name} has no {'/'.join(PLOTTED_STRATEGIES)} records"}
     quick_kw = dict(cv_folds=3, residual_estimators=60) if quick else {}
     src = "given"
     if model is None:

@@ -52,14 +52,11 @@ class Shaper:
     """tc tbf on this device's egress of `iface` (root qdisc); removed by close()."""
 
     def __init__(self, iface: str):
+        """iface must exist (check_shaping says so before)."""
         self.iface = iface
         self.installed = False
-        try:
-            with open(f"/sys/class/net/{iface}/mtu") as f:
-                self.mtu = int(f.read().strip())
-        except OSError:
-            raise ValueError(f"--shape-iface {iface!r}: no such network interface on "
-                             f"{socket.gethostname()}; allowed: {sorted(os.listdir('/sys/class/net'))}")
+        with open(f"/sys/class/net/{iface}/mtu") as f:
+            self.mtu = int(f.read().strip())
 
     def set(self, bw_mbps: float) -> None:
         from .testbed import tbf_args
@@ -131,7 +128,7 @@ def _agree(rank: int, world_size: int, problem: Optional[str]) -> None:
 
 # --------------------------------------------------------------------------- the sweep
 
-def _check_args(a, spec, world_size: int) -> Optional[str]:
+def _check_args(a, spec) -> Optional[str]:
     if a.shape_iface is None and len(spec.bws) != 1:
         return ("without --shape-iface the driver cannot change the link rate: give one --bw "
                 "(the link's nominal rate) or --shape-iface IFACE to set each rate with tc")
@@ -147,7 +144,7 @@ def cluster_main(a, argv_tail) -> int:
 
     from . import exchange as xch
     from .cli import UsageError
-    from .profile import RawLog, Sweep, environment, expand, run_group, spec_from_args
+    from .profile import RawLog, Sweep, environment, expand, group_plan, run_group, spec_from_args
 
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise UsageError("profile-cluster runs under torchrun (RANK and WORLD_SIZE are unset); "
@@ -172,7 +169,7 @@ def cluster_main(a, argv_tail) -> int:
     old_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         try:
-            _agree(rank, ws, _check_args(a, spec, ws))
+            _agree(rank, ws, _check_args(a, spec))
         except ValueError as e:
             raise UsageError(str(e))
         envs = xch.gather_json({**environment(None), "host": socket.gethostname(),
@@ -204,7 +201,7 @@ def cluster_main(a, argv_tail) -> int:
             link = _set_rate(rank, ws, bw, shaper, iface, sweep)
             for model in dict.fromkeys(c.model for c in configs if c.bw == bw):
                 group = [c for c in configs if c.bw == bw and c.model == model]
-                plan = _plan(spec, model, ws, group, energy_scope="per-device")
+                plan = group_plan(spec, model, ws, group, energy_scope="per-device")
                 run_group(plan, rank, ws, (lambda row, _l=link, _bw=bw: sweep._record(row, _l, _bw))
                           if rank == 0 else (lambda row: None))
         if shaper is not None:
@@ -214,7 +211,7 @@ def cluster_main(a, argv_tail) -> int:
             return _exit(0)
         singles = [c for c in sweep.pending() if c.world_size == 1]
         for model in dict.fromkeys(c.model for c in singles):
-            plan = _plan(spec, model, 1, [c for c in singles if c.model == model], energy_scope="host")
+            plan = group_plan(spec, model, 1, [c for c in singles if c.model == model])
             run_group(plan, 0, 1, lambda row: sweep._record(row, None, None))
         sweep.raw.close()
         if sweep._bar is not None:
@@ -280,18 +277,6 @@ def _set_rate(rank: int, ws: int, bw: float, shaper, iface, sweep) -> Optional[d
     sweep.links[ws] = {k: v for k, v in link.items()
                        if k not in ("bw", "bw_requested", "bw_measured", "bw_measured_pairs")}
     return link
-
-
-def _plan(spec, model: str, ws: int, group: list, *, energy_scope: str) -> dict:
-    return {"model": model, "patch_size": spec.patch_size, "depth": spec.depth, "seed": spec.seed,
-            "world_size": ws, "exchange": spec.exchange, "warmup": spec.warmup,
-            "repeats": spec.repeats, "timeout_s": spec.timeout_s, "device": spec.device,
-            "max_repeats": spec.max_repeats, "target_rel_se": spec.target_rel_se,
-            "repeat_budget_s": spec.repeat_budget_s,
-            "threads": spec.threads, "blocks": spec.blocks, "meter": spec.meter,
-            "power_model": spec.power_model, "energy_scope": energy_scope,
-            "configs": [{"key": c.key, "img_size": c.img_size, "strategy": c.strategy,
-                         "batch": c.batch, "cr": c.cr} for c in group]}
 
 
 def _overrides(envs: list, shape_iface, iface, ws: int) -> dict:

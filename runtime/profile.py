@@ -387,6 +387,22 @@ def _foreign_cpu(every: list, plan: dict) -> Optional[float]:
     return round(max(0.0, foreign / tck / cpus[0]["wall_s"] / (os.cpu_count() or 1) * 100), 2)
 
 
+def group_plan(spec: SweepSpec, model: str, world_size: int, configs: list, *,
+               energy_scope: str = "host") -> dict:
+    """The JSON plan the ranks of one group run (run_group): the spec's protocol and the
+    group's configurations. energy_scope: "host" (rank 0's meter covers every rank, one
+    host) or "per-device" (each rank reads its own; real boards)."""
+    return {"model": model, "patch_size": spec.patch_size, "depth": spec.depth, "seed": spec.seed,
+            "world_size": world_size, "exchange": spec.exchange, "warmup": spec.warmup,
+            "repeats": spec.repeats, "max_repeats": spec.max_repeats,
+            "target_rel_se": spec.target_rel_se, "repeat_budget_s": spec.repeat_budget_s,
+            "timeout_s": spec.timeout_s, "device": spec.device, "threads": spec.threads,
+            "blocks": spec.blocks, "meter": spec.meter, "power_model": spec.power_model,
+            "energy_scope": energy_scope,
+            "configs": [{"key": c.key, "img_size": c.img_size, "strategy": c.strategy,
+                         "batch": c.batch, "cr": c.cr} for c in configs]}
+
+
 def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
     """Measure every configuration of one group on this rank; rank 0 calls emit(row)."""
     import numpy as np
@@ -663,17 +679,7 @@ class Sweep:
         remaining = list(configs)
         attempts, failed_in_a_row = {}, 0   # each configuration gets two launches
         while remaining:
-            plan = {"model": model, "patch_size": self.spec.patch_size,
-                    "depth": self.spec.depth, "seed": self.spec.seed, "world_size": ws,
-                    "exchange": self.spec.exchange, "warmup": self.spec.warmup,
-                    "repeats": self.spec.repeats, "timeout_s": self.spec.timeout_s,
-                    "max_repeats": self.spec.max_repeats, "target_rel_se": self.spec.target_rel_se,
-                    "repeat_budget_s": self.spec.repeat_budget_s,
-                    "device": self.spec.device, "threads": self.spec.threads,
-                    "blocks": self.spec.blocks, "meter": self.spec.meter,
-                    "power_model": self.spec.power_model,
-                    "configs": [{"key": c.key, "img_size": c.img_size, "strategy": c.strategy,
-                                 "batch": c.batch, "cr": c.cr} for c in remaining]}
+            plan = group_plan(self.spec, model, ws, remaining)
             path = os.path.join(tmpdir, f"plan-{abs(hash(g))}.json")
             with open(path, "w") as f:
                 json.dump(plan, f)

@@ -230,3 +230,13 @@ def test_plots_and_cli_do_not_import_torch():
             "from costmodel import plots; plots.plot_breakdown(plots.data_dir() / 'perfmaps' / "
             "'jetson_orin_nano_paper.json'); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+TP_MAP = ROOT / "data" / "perfmaps" / "testbed_vit_tp.json"
+
+
+@pytest.mark.skipif(not TP_MAP.exists(), reason="no tensor_parallel/galaxy map")
+def test_map_without_plotted_strategies_is_skipped_not_failed(tmp_path):
+    res = plots.standard_figures(TP_MAP, tmp_path)
+    assert res["figures"] == {} and "no single/voltage/prism records" in res["skipped"]
+    assert list(tmp_path.iterdir()) == []
