@@ -151,7 +151,8 @@ def _load_optional_commands() -> None:
     """Commands of other modules (profile, testbed, adaptive) if they are installed."""
     import importlib
 
-    for mod in ("runtime.profile", "runtime.cluster", "runtime.testbed", "runtime.demo"):
+    for mod in ("runtime.profile", "runtime.cluster", "runtime.testbed", "runtime.demo",
+                "runtime.hostcheck"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

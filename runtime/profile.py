@@ -559,8 +559,10 @@ class Sweep:
     """Runs a SweepSpec, appending rows to `raw_path` and writing the perf map `out`."""
 
     def __init__(self, spec: SweepSpec, out: str, raw_path: Optional[str] = None,
-                 prefix: str = "pe", progress: bool = True):
+                 prefix: str = "pe", progress: bool = True, host_check: bool = False):
         self.spec, self.out = spec, out
+        self.host_check = host_check   # run runtime.hostcheck before and after the sweep
+        self.host_checks: dict = {}
         self.raw_path = raw_path or (os.path.splitext(out)[0] + ".raw.jsonl")
         self.prefix, self.progress = prefix, progress
         self.links: dict = {}         # world_size -> testbed link (without the rate)
@@ -613,6 +615,8 @@ class Sweep:
         os.makedirs(os.path.dirname(os.path.abspath(self.raw_path)), exist_ok=True)
         stderr_log = open(self.raw_path + ".ranks.log", "ab")
         tmpdir = tempfile.mkdtemp(prefix="pe-profile-")
+        if self.host_check and todo:
+            self._host_check("before")
         try:
             groups = {}
             for c in todo:
@@ -646,6 +650,8 @@ class Sweep:
                                                        "bw_check_error")}
                         for g in [g for g in gs if g[2] == bw]:
                             self._run_group(g, groups[g], tb, tmpdir, stderr_log)
+            if self.host_check and todo:
+                self._host_check("after")
         finally:
             stderr_log.close()
             if bar is not None:
@@ -655,6 +661,22 @@ class Sweep:
                 os.unlink(os.path.join(tmpdir, fn))
             os.rmdir(tmpdir)
         return self.write_map()
+
+    def _host_check(self, when: str) -> None:
+        """Compute stability of the cores the ranks are pinned to (runtime.hostcheck),
+        kept in the map's cluster.host_check; a failure is logged, not fatal."""
+        from .hostcheck import HostCheckError, host_check, usable_cores
+
+        ws = max([c.world_size for c in self.configs] + [1])
+        cores = usable_cores()[:max(1, ws)]
+        try:
+            res = host_check(cores, iters=50, rounds=1)
+        except HostCheckError as e:
+            log.error("host check %s the sweep failed: %s", when, e)
+            return
+        self.host_checks[when] = res
+        log.info("host check %s the sweep: slowdown %.1f %%, concurrent spread %.1f %%", when,
+                 res["summary"]["max_slowdown_pct"], res["summary"]["max_concurrent_spread_pct"])
 
     def _record(self, row: dict, link: Optional[dict], bw) -> None:
         now = time.monotonic()
@@ -819,6 +841,8 @@ class Sweep:
                       "raw": os.path.basename(self.raw_path)},
             "records": records,
         }
+        if self.host_checks:
+            d["cluster"]["host_check"] = dict(self.host_checks)
         if self.overrides:      # another launcher (runtime/cluster.py) describes its devices
             for section, fields in self.overrides.items():
                 d[section].update(fields)
@@ -917,6 +941,9 @@ def add_profile_args(p) -> None:
     p.add_argument("--raw", help="raw JSONL (default: <out>.raw.jsonl); resumed when it exists")
     p.add_argument("--prefix", default="pe", help="namespace name prefix")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--host-check", action="store_true",
+                   help="before and after the sweep, time a fixed workload on the ranks' cores alone "
+                        "and together (python -m runtime host-check); stored in cluster.host_check")
 
 
 def spec_from_args(a) -> SweepSpec:
@@ -945,7 +972,8 @@ def profile_main(a, argv_tail) -> int:
                 raise ValueError(f"--power-model {a.power_model!r}; allowed: {sorted(POWER_MODELS)}")
         except ImportError:
             pass
-        sweep = Sweep(spec, a.out, a.raw, prefix=a.prefix, progress=not a.no_progress)
+        sweep = Sweep(spec, a.out, a.raw, prefix=a.prefix, progress=not a.no_progress,
+                      host_check=a.host_check)
         sweep.prepare()
     except ValueError as e:
         raise UsageError(str(e))

@@ -109,8 +109,8 @@ def test_tiny_sweep_writes_a_schema_valid_perf_map(tmp_path):
     out = tmp_path / "map.json"
     p = _run_cli(["profile", *TINY, "--img-size", "32,48", "--batch", "1", "--bw", "300",
                   "--cr", "2", "--world-size", "2", "--warmup", "1", "--repeats", "2",
-                  "--testbed", _mode(), "--prefix", "ptsweep", "--out", str(out)])
-    so, se = p.communicate(timeout=240)
+                  "--testbed", _mode(), "--prefix", "ptsweep", "--host-check", "--out", str(out)])
+    so, se = p.communicate(timeout=300)
     assert p.returncode == 0, se[-6000:]
     summary = json.loads(so)
     assert summary["n_records"] == 6 and summary["n_errors"] == 0
@@ -120,6 +120,9 @@ def test_tiny_sweep_writes_a_schema_valid_perf_map(tmp_path):
     assert {(m["name"], m["seq_len"], m["n_layers"]) for m in d["models"]} == {("test_vit", 5, 2), ("test_vit", 10, 2)}
     assert d["environment"]["torch"] and d["environment"]["kernel"] and d["environment"]["link_emulation"]
     assert d["protocol"]["repeats"] == 2
+    hc = d["cluster"]["host_check"]                        # --host-check: before and after
+    assert set(hc) == {"before", "after"}
+    assert [c["core"] for c in hc["before"]["cores"]] == sorted(os.sched_getaffinity(0))[:2]
     by = {(r["strategy"], r["seq_len"]): r for r in d["records"]}
     assert set(by) == {(s, n) for s in ("single", "voltage", "prism") for n in (5, 10)}
     for r in d["records"]:
