@@ -158,6 +158,9 @@ def cluster_main(a, argv_tail) -> int:
             raise ValueError(f"--world-size {a.world_sizes} but torchrun started WORLD_SIZE={ws}; "
                              f"give --world-size {ws} or leave it out")
         spec = dataclasses.replace(spec, world_sizes=(ws,), testbed="loopback")
+        if a.host_check:
+            raise ValueError("--host-check times the cores of one host (python -m runtime profile); "
+                             "profile-cluster runs one process per device")
     except ValueError as e:
         raise UsageError(str(e))
     if a.shape_iface and not os.environ.get("GLOO_SOCKET_IFNAME"):
@@ -197,21 +200,23 @@ def cluster_main(a, argv_tail) -> int:
             shaper = Shaper(a.shape_iface)
         if rank == 0:
             _progress(sweep, len(todo) + len([c for c in sweep.pending() if c.world_size == 1]))
-        for bw in sorted({c.bw for c in configs}):
-            link = _set_rate(rank, ws, bw, shaper, iface, sweep)
-            for model in dict.fromkeys(c.model for c in configs if c.bw == bw):
-                group = [c for c in configs if c.bw == bw and c.model == model]
-                plan = group_plan(spec, model, ws, group, energy_scope="per-device")
-                run_group(plan, rank, ws, (lambda row, _l=link, _bw=bw: sweep._record(row, _l, _bw))
-                          if rank == 0 else (lambda row: None))
+        for k in sorted({c.pass_no for c in configs}):          # --passes: the grid in turn
+            in_pass = [c for c in configs if c.pass_no == k]
+            for bw in sorted({c.bw for c in in_pass}):
+                link = _set_rate(rank, ws, bw, shaper, iface, sweep)
+                for model in dict.fromkeys(c.model for c in in_pass if c.bw == bw):
+                    group = [c for c in in_pass if c.bw == bw and c.model == model]
+                    plan = group_plan(spec, model, ws, group, energy_scope="per-device")
+                    run_group(plan, rank, ws, (lambda row, _l=link, _bw=bw: sweep._record(row, _l, _bw))
+                              if rank == 0 else (lambda row: None))
         if shaper is not None:
             shaper.close()
         xch.destroy()
         if rank != 0:
             return _exit(0)
         singles = [c for c in sweep.pending() if c.world_size == 1]
-        for model in dict.fromkeys(c.model for c in singles):
-            plan = group_plan(spec, model, 1, [c for c in singles if c.model == model])
+        for k, model in dict.fromkeys((c.pass_no, c.model) for c in singles):
+            plan = group_plan(spec, model, 1, [c for c in singles if c.model == model and c.pass_no == k])
             run_group(plan, 0, 1, lambda row: sweep._record(row, None, None))
         sweep.raw.close()
         if sweep._bar is not None:

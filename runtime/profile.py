@@ -73,6 +73,7 @@ class SweepSpec:
     blocks: bool = False
     meter: str = "auto"
     power_model: str = "cpu-host-assumed"
+    passes: int = 1                       # the whole grid, measured this many times in turn
 
     def __post_init__(self):
         from .strategies import list_strategies
@@ -111,6 +112,8 @@ class SweepSpec:
              f"max_repeats={self.max_repeats} must be >= repeats={self.repeats}")
         need(0 < self.target_rel_se < 1, f"target_rel_se={self.target_rel_se} must be in (0, 1)")
         need(self.repeat_budget_s > 0, f"repeat_budget_s={self.repeat_budget_s} must be > 0")
+        need(isinstance(self.passes, int) and not isinstance(self.passes, bool) and self.passes >= 1,
+             f"passes={self.passes!r} must be an integer >= 1")
         need(self.testbed in MODES, f"unknown testbed mode {self.testbed!r}; allowed: {list(MODES)}")
         need(self.delay_ms >= 0, f"delay={self.delay_ms} ms must be >= 0")
         need(self.timeout_s > 0, f"timeout={self.timeout_s} s must be > 0")
@@ -142,13 +145,20 @@ class Config:
     strategy: str
     batch: int
     cr: Optional[float]
+    pass_no: int = 1      # --passes: the grid's pass this measurement belongs to
 
     @property
-    def key(self) -> str:
+    def base_key(self) -> str:
+        """The configuration, whatever the pass: the perf-map record's key."""
         bw = "none" if self.bw is None else f"{self.bw:g}"
         cr = "none" if self.cr is None else f"{self.cr:g}"
         return (f"{self.model}/img{self.img_size}/P{self.world_size}/bw{bw}/{self.strategy}"
                 f"/cr{cr}/B{self.batch}")
+
+    @property
+    def key(self) -> str:
+        """The raw-log row's key: the base key, with `#passK` from the second pass on."""
+        return self.base_key if self.pass_no == 1 else f"{self.base_key}#pass{self.pass_no}"
 
     @property
     def group(self) -> tuple:
@@ -207,6 +217,49 @@ def expand(spec: SweepSpec, *, shaped: bool = True) -> list:
                                 raise ValueError(f"{s} on {m} img_size={i} (seq_len={sh.seq_len}) "
                                                  f"at world_size={p}: {e}") from None
                             out += [Config(m, i, p, bw, s, b, cr) for b in spec.batches]
+    return _with_passes(out, spec.passes)
+
+
+def _with_passes(configs: list, passes: int) -> list:
+    """The grid again for passes 2..K, after the whole first pass (so that a slow drift
+    of the host falls on different configurations in each pass, not on one)."""
+    from dataclasses import replace
+
+    return configs + [replace(c, pass_no=k) for k in range(2, passes + 1) for c in configs]
+
+
+def combine_passes(rows: list) -> dict:
+    """One perf-map record from the rows of one configuration's passes: latency median
+    = the median of the passes' medians (p10 / p90 over every repeat of every pass),
+    phases and energy = medians over passes, `passes` = each pass's median and their
+    spread. Rows with an error are left out while at least one pass measured."""
+    good = [r for r in rows if not r.get("error")]
+    if len(rows) == 1 or not good:
+        out = dict(rows[-1])
+        out["key"] = out["key"].split("#pass")[0]
+        return out
+    meds = [r["latency_ms"]["median"] for r in good]
+    med = float(statistics.median(meds))
+    rep = min(good, key=lambda r: abs(r["latency_ms"]["median"] - med))   # ranks, blocks, link
+    out = dict(rep)
+    out["key"] = rep["key"].split("#pass")[0]
+    samples = sorted(v for r in good for v in r["latency_ms"]["samples"])
+    q = lambda p: samples[min(len(samples) - 1, int(round(p * (len(samples) - 1))))]  # noqa: E731
+    out["latency_ms"] = {"median": med, "p10": q(0.1), "p90": q(0.9), "n": len(samples),
+                         "samples": [v for r in good for v in r["latency_ms"]["samples"]]}
+    out["per_sample_ms"] = med / rep["batch"]
+    for k in ("compute_ms", "staging_ms", "comm_ms"):
+        out[k] = float(statistics.median(r[k] for r in good))
+    for k in ("energy_j", "energy_est_j"):
+        vals = [r.get(k) for r in good]
+        out[k] = float(statistics.median(vals)) if all(v is not None for v in vals) else None
+    out["wall_s"] = round(sum(r.get("wall_s", 0.0) for r in rows), 4)
+    foreign = [r["host_foreign_cpu_pct"] for r in good if r.get("host_foreign_cpu_pct") is not None]
+    if foreign:
+        out["host_foreign_cpu_pct"] = max(foreign)
+    out["passes"] = {"n": len(good), "n_errors": len(rows) - len(good),
+                     "latency_median_ms": [round(m, 4) for m in meds],
+                     "spread_pct": round((max(meds) / min(meds) - 1) * 100, 2)}
     return out
 
 
@@ -594,9 +647,6 @@ class Sweep:
 
     # ---------------------------------------------------------------- running
     def run(self) -> dict:
-        from .launch import LaunchError, self_argv
-        from .testbed import Testbed, TestbedError
-
         from .testbed import cleanup_stale
 
         if self.mode == "netns":
@@ -618,38 +668,10 @@ class Sweep:
         if self.host_check and todo:
             self._host_check("before")
         try:
-            groups = {}
-            for c in todo:
-                groups.setdefault(c.group, []).append(c)
-            singles = [g for g in groups if g[1] == 1]
-            for g in singles:
-                self._run_group(g, groups[g], None, tmpdir, stderr_log)
-            by_ws = {}
-            for g in groups:
-                if g[1] > 1:
-                    by_ws.setdefault(g[1], []).append(g)
-            for ws, gs in by_ws.items():
-                bws = sorted({g[2] for g in gs}, key=lambda v: -1 if v is None else v)
-                first_bw = bws[0] if bws[0] is not None else None
-                with Testbed(ws, first_bw, delay_ms=self.spec.delay_ms, mode=self.mode,
-                             prefix=self.prefix) as tb:
-                    for bw in bws:
-                        if bw is not None:
-                            tb.set_bw(bw)
-                            try:
-                                mbps = round(tb.measure_bw(), 3)
-                            except Exception as e:  # noqa: BLE001 - rows say the rate is unverified
-                                log.error("P=%d bw=%g Mbit/s: rate check failed: %s", ws, bw, e)
-                                mbps, tb.link["bw_check_error"] = None, f"{type(e).__name__}: {e}"
-                            self.link_checks.append({"world_size": ws, "bw": bw, "bw_measured": mbps})
-                            log.info("P=%d bw=%g Mbit/s: measured %s Mbit/s", ws, bw, mbps)
-                        link = dict(tb.link)
-                        self.links[ws] = {k: v for k, v in link.items()
-                                          if k not in ("bw", "bw_requested", "bw_measured",
-                                                       "shaper_rate_mbit", "bw_measured_bytes",
-                                                       "bw_check_error")}
-                        for g in [g for g in gs if g[2] == bw]:
-                            self._run_group(g, groups[g], tb, tmpdir, stderr_log)
+            for k in sorted({c.pass_no for c in todo}):
+                if self.spec.passes > 1:
+                    log.info("pass %d of %d", k, self.spec.passes)
+                self._run_configs([c for c in todo if c.pass_no == k], tmpdir, stderr_log)
             if self.host_check and todo:
                 self._host_check("after")
         finally:
@@ -661,6 +683,44 @@ class Sweep:
                 os.unlink(os.path.join(tmpdir, fn))
             os.rmdir(tmpdir)
         return self.write_map()
+
+    def _run_configs(self, todo: list, tmpdir: str, stderr_log) -> None:
+        """Measure `todo`: single first, then one emulated network per world size, its
+        rates in turn (rate checked before each), the groups of each rate."""
+        from .testbed import Testbed
+
+        groups = {}
+        for c in todo:
+            groups.setdefault(c.group, []).append(c)
+        singles = [g for g in groups if g[1] == 1]
+        for g in singles:
+            self._run_group(g, groups[g], None, tmpdir, stderr_log)
+        by_ws = {}
+        for g in groups:
+            if g[1] > 1:
+                by_ws.setdefault(g[1], []).append(g)
+        for ws, gs in by_ws.items():
+            bws = sorted({g[2] for g in gs}, key=lambda v: -1 if v is None else v)
+            first_bw = bws[0] if bws[0] is not None else None
+            with Testbed(ws, first_bw, delay_ms=self.spec.delay_ms, mode=self.mode,
+                         prefix=self.prefix) as tb:
+                for bw in bws:
+                    if bw is not None:
+                        tb.set_bw(bw)
+                        try:
+                            mbps = round(tb.measure_bw(), 3)
+                        except Exception as e:  # noqa: BLE001 - rows say the rate is unverified
+                            log.error("P=%d bw=%g Mbit/s: rate check failed: %s", ws, bw, e)
+                            mbps, tb.link["bw_check_error"] = None, f"{type(e).__name__}: {e}"
+                        self.link_checks.append({"world_size": ws, "bw": bw, "bw_measured": mbps})
+                        log.info("P=%d bw=%g Mbit/s: measured %s Mbit/s", ws, bw, mbps)
+                    link = dict(tb.link)
+                    self.links[ws] = {k: v for k, v in link.items()
+                                      if k not in ("bw", "bw_requested", "bw_measured",
+                                                   "shaper_rate_mbit", "bw_measured_bytes",
+                                                   "bw_check_error")}
+                    for g in [g for g in gs if g[2] == bw]:
+                        self._run_group(g, groups[g], tb, tmpdir, stderr_log)
 
     def _host_check(self, when: str) -> None:
         """Compute stability of the cores the ranks are pinned to (runtime.hostcheck),
@@ -773,11 +833,13 @@ class Sweep:
     # ---------------------------------------------------------------- the perf map
     def build_map(self) -> dict:
         sp = self.spec
-        records = []
+        by_base: dict = {}          # the configuration -> its rows, one per pass measured
         for c in self.configs:
             row = self.raw.rows.get(c.key)
             if row is not None:
-                records.append({k: v for k, v in row.items() if k not in ("created",)})
+                by_base.setdefault(c.base_key, []).append(
+                    {k: v for k, v in row.items() if k not in ("created",)})
+        records = [combine_passes(rows) for rows in by_base.values()]
         models, seen = [], set()
         from costmodel.perfmap import model_entry
 
@@ -821,7 +883,10 @@ class Sweep:
                                  "none": "no link (single only)"}.get(mode, mode),
                         "testbed_mode": mode, "link_checks": checks},
             "models": models,
-            "protocol": {**sp.protocol(), "pinning": "one core per rank (taskset), rank r -> core r mod cores",
+            "protocol": {**sp.protocol(), **({"passes": sp.passes, "passes_rule":
+                         "the whole grid measured `passes` times in turn; a record's median is the "
+                         "median of its passes' medians"} if sp.passes > 1 else {}),
+                         "pinning": "one core per rank (taskset), rank r -> core r mod cores",
                          "latency": "per repeat, the slowest rank's time for one batch after a barrier",
                          "phases": "rank 0 per-phase totals, median over repeats",
                          "energy": f"meter={sp.meter}; estimate power model={sp.power_model}",
@@ -833,7 +898,7 @@ class Sweep:
                                "img_size": list(sp.img_sizes),
                                "seq_len": sorted({m["seq_len"] for m in models}),
                                "world_size": ws_all},
-                      "n_configs": len(self.configs), "n_records": len(records),
+                      "n_configs": len({c.base_key for c in self.configs}), "n_records": len(records),
                       "n_errors": sum(1 for r in records if r.get("error")),
                       "duration_s": round(sum(r.get("wall_s", 0.0) for r in records), 2),
                       "duration_note": "sum of the wall time attributed to each record (set-up, "
@@ -941,6 +1006,9 @@ def add_profile_args(p) -> None:
     p.add_argument("--raw", help="raw JSONL (default: <out>.raw.jsonl); resumed when it exists")
     p.add_argument("--prefix", default="pe", help="namespace name prefix")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--passes", type=int, default=1,
+                   help="measure the whole grid this many times in turn; a record's median is the "
+                        "median of its passes' medians (a host or link that drifts over minutes)")
     p.add_argument("--host-check", action="store_true",
                    help="before and after the sweep, time a fixed workload on the ranks' cores alone "
                         "and together (python -m runtime host-check); stored in cluster.host_check")
@@ -956,7 +1024,7 @@ def spec_from_args(a) -> SweepSpec:
         patch_size=a.patch_size, exchange=a.exchange, warmup=a.warmup, repeats=a.repeats,
         max_repeats=a.max_repeats, target_rel_se=a.target_se, repeat_budget_s=a.repeat_budget,
         seed=a.seed, device=a.device, delay_ms=a.delay, testbed=a.testbed, timeout_s=a.timeout,
-        blocks=a.blocks, meter=a.meter, power_model=a.power_model)
+        blocks=a.blocks, meter=a.meter, power_model=a.power_model, passes=a.passes)
 
 
 def profile_main(a, argv_tail) -> int:

@@ -69,10 +69,24 @@ def test_cluster_sweep_writes_map_and_resumes(tmp_path):
 
 
 @pytest.mark.gloo
+def test_cluster_passes_measure_the_grid_in_turn(tmp_path):
+    out = tmp_path / "map.json"
+    r = _torchrun([*TINY, "--strategy", "single,voltage", "--batch", "1", "--bw", "300",
+                   "--passes", "2", "--out", str(out)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = _rows(str(out)[:-5] + ".raw.jsonl")
+    assert sorted(r["key"].endswith("#pass2") for r in rows) == [False, False, True, True]
+    d = json.loads(out.read_text())
+    assert d["protocol"]["passes"] == 2 and len(d["records"]) == 2
+    assert all(rec["passes"]["n"] == 2 and rec["latency_ms"]["n"] == 2 for rec in d["records"])
+
+
+@pytest.mark.gloo
 @pytest.mark.parametrize("extra, needle", [
     (["--bw", "200,500"], "without --shape-iface the driver cannot change the link rate"),
     (["--bw", "300", "--world-size", "3"], "--world-size 3 but torchrun started WORLD_SIZE=2"),
     (["--bw", "300", "--delay", "5"], "--delay applies to the emulated testbed only"),
+    (["--bw", "300", "--host-check"], "--host-check times the cores of one host"),
 ])
 def test_cluster_bad_setup_fails_on_every_rank(tmp_path, extra, needle):
     r = _torchrun([*TINY, "--strategy", "voltage", "--batch", "1", *extra,

@@ -204,3 +204,73 @@ def test_adaptive_repeats_bad_input():
         SweepSpec(max_repeats=3)
     with pytest.raises(ValueError, match=r"target_rel_se=0 must be in \(0, 1\)"):
         SweepSpec(max_repeats=9, target_rel_se=0)
+
+
+# --------------------------------------------------------------------------- passes
+
+def _row(key, med, comp, err=None, energy=1.0):
+    return {"key": key, "batch": 2, "error": err, "latency_ms": {"median": med, "samples": [med - 1, med, med + 1]},
+            "compute_ms": comp, "staging_ms": 0.0, "comm_ms": med - comp, "energy_j": None,
+            "energy_est_j": energy, "wall_s": 1.0, "host_foreign_cpu_pct": comp / 100}
+
+
+def test_combine_passes_takes_the_median_of_the_passes():
+    from runtime.profile import combine_passes
+
+    k = "m/img32/P2/bw300/voltage/crnone/B2"
+    rows = [_row(k, 10.0, 6.0), _row(k + "#pass2", 14.0, 7.0), _row(k + "#pass3", 11.0, 9.0),
+            {"key": k + "#pass4", "error": "RuntimeError: peer died"}]
+    r = combine_passes(rows)
+    assert r["key"] == k and r["error"] is None
+    assert r["latency_ms"]["median"] == 11.0 and r["per_sample_ms"] == 5.5
+    assert r["latency_ms"]["n"] == 9 and sorted(r["latency_ms"]["samples"])[0] == 9.0
+    assert r["latency_ms"]["p10"] <= 11.0 <= r["latency_ms"]["p90"]
+    assert r["compute_ms"] == 7.0 and r["comm_ms"] == 4.0          # medians over passes
+    assert r["energy_est_j"] == 1.0 and r["energy_j"] is None
+    assert r["wall_s"] == 3.0 and r["host_foreign_cpu_pct"] == 0.09
+    assert r["passes"] == {"n": 3, "n_errors": 1, "latency_median_ms": [10.0, 14.0, 11.0], "spread_pct": 40.0}
+    one = combine_passes([_row(k, 10.0, 6.0)])                   # one pass: the row as it is
+    assert one == _row(k, 10.0, 6.0) and "passes" not in one
+    dead = combine_passes([{"key": k, "error": "x"}, {"key": k + "#pass2", "error": "y"}])
+    assert dead == {"key": k, "error": "y"}
+
+
+def test_expand_repeats_the_whole_grid_per_pass():
+    spec = SweepSpec(models=("test_vit",), depth=2, strategies=("single", "voltage"), batches=(1, 2),
+                     bws=(300.0,), img_sizes=(32,), passes=3)
+    cs = expand(spec)
+    assert len(cs) == 3 * 4 and len({c.key for c in cs}) == 12 and len({c.base_key for c in cs}) == 4
+    assert [c.pass_no for c in cs] == [1] * 4 + [2] * 4 + [3] * 4     # pass after pass
+    assert cs[0].key == cs[0].base_key and cs[4].key == cs[0].base_key + "#pass2"
+    with pytest.raises(ValueError, match="passes=0 must be an integer >= 1"):
+        SweepSpec(models=("test_vit",), passes=0)
+
+
+@pytest.mark.gloo
+def test_passes_sweep_and_adding_a_pass_later(tmp_path):
+    """--passes 2 measures the grid twice, the map holds one record per configuration
+    (median of the passes); the same command again measures nothing; --passes 3 then
+    measures only the third pass."""
+    out, raw = tmp_path / "map.json", tmp_path / "raw.jsonl"
+    args = ["profile", *TINY, "--img-size", "32", "--batch", "1,2", "--strategy", "single,voltage",
+            "--warmup", "0", "--repeats", "2", "--testbed", "loopback", "--out", str(out),
+            "--raw", str(raw), "--no-progress"]
+
+    def run(passes):
+        p = _run_cli(args + ["--passes", str(passes)])
+        so, se = p.communicate(timeout=240)
+        assert p.returncode == 0, se[-3000:]
+        return [json.loads(ln) for ln in raw.read_text().splitlines()][1:], json.loads(out.read_text())
+
+    rows, d = run(2)
+    assert len(rows) == 8 and sum("#pass2" in r["key"] for r in rows) == 4
+    assert d["protocol"]["passes"] == 2 and d["sweep"]["n_configs"] == 4
+    assert len(d["records"]) == 4 and all("#" not in r["key"] for r in d["records"])
+    for r in d["records"]:
+        assert r["passes"]["n"] == 2 and r["latency_ms"]["n"] == 4
+        assert r["latency_ms"]["median"] == pytest.approx(sum(r["passes"]["latency_median_ms"]) / 2, abs=1e-3)
+    load_perfmap(out)                                                  # schema-valid
+    assert run(2)[0] == rows                                            # resumed: nothing new
+    rows3, d3 = run(3)
+    assert rows3[:8] == rows and len(rows3) == 12 and all("#pass3" in r["key"] for r in rows3[8:])
+    assert all(r["passes"]["n"] == 3 for r in d3["records"])
