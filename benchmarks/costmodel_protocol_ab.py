@@ -1,12 +1,16 @@
-"""Measurement-protocol A/B behind the cost model's accuracy (issue 4).
+"""Measurement protocols behind the cost model's accuracy (issue 4).
 
-vit_tiny's rows of the 5-repeat map (testbed_vit_p2.json) against the same
-configurations re-measured in a later session with adaptive repeats
-(testbed_vit_p2a.json: 5-25 repeats until the median's robust relative standard error
-is <= 1.5 %): how far the two sessions' medians lie apart, and the leave-one-value-out
-error of the hybrid, the analytical model alone and a random forest on each.
+vit_tiny's 378 configurations, measured in three sessions with three protocols:
+  p2   testbed_vit_p2.json   5 repeats in one burst,
+  p2a  testbed_vit_p2a.json  adaptive: 5-25 repeats until the median's robust relative
+                             standard error is <= 1.5 %,
+  p2m  testbed_vit_p2m.json  3 passes over the whole grid, 5 repeats each; the median of
+                             the passes' medians (profile --passes 3),
+how far each pair of sessions' medians lie apart, and the leave-one-value-out error of
+the hybrid, the analytical model alone and a random forest on each map (maps that are
+not there are skipped).
 
-    python benchmarks/costmodel_protocol_ab.py      # ~10 min on 2 cores
+    python benchmarks/costmodel_protocol_ab.py      # ~5 min per map on 2 cores
 """
 from __future__ import annotations
 
@@ -26,19 +30,38 @@ from costmodel.perfmap import PerfMap, atomic_write_text, load_perfmap  # noqa: 
 AXES = ("batch", "bw", "cr", "seq_len")
 
 
+MAPS = (("p2 vit_tiny (5 repeats)", "testbed_vit_p2.json"),
+        ("p2a vit_tiny (adaptive 5-25)", "testbed_vit_p2a.json"),
+        ("p2m vit_tiny (3 passes x 5)", "testbed_vit_p2m.json"))
+
+
+def session_difference(a: PerfMap, b: PerfMap) -> dict:
+    """|median_b / median_a - 1| (%) over the configurations both measured."""
+    by_key = {r["key"]: r for r in a.usable()}
+    d = np.array([abs(r["latency_ms"]["median"] / by_key[r["key"]]["latency_ms"]["median"] - 1) * 100
+                  for r in b.usable() if r["key"] in by_key])
+    return {"median": float(np.median(d)), "p90": float(np.percentile(d, 90)),
+            "within_10pct": float(np.mean(d <= 10)), "n": int(d.size)}
+
+
 def main() -> None:
     warnings.simplefilter("ignore")
-    old = load_perfmap(os.path.join(ROOT, "data/perfmaps/testbed_vit_p2.json"))
-    old = PerfMap(meta=old.meta, records=[r for r in old.records if r["model"].startswith("vit_tiny")])
-    new = load_perfmap(os.path.join(ROOT, "data/perfmaps/testbed_vit_p2a.json"))
-    by_key = {r["key"]: r for r in old.records}
-    diff = np.array([abs(r["latency_ms"]["median"] / by_key[r["key"]]["latency_ms"]["median"] - 1) * 100
-                     for r in new.records if not r.get("error") and r["key"] in by_key])
-    print(f"same configurations, two sessions: |median difference| median {np.median(diff):.1f} %, "
-          f"P90 {np.percentile(diff, 90):.1f} %, within 10 %: {np.mean(diff <= 10) * 100:.0f} % (n={diff.size})")
-    report = {"schema_version": 1, "session_difference_pct": {
-        "median": float(np.median(diff)), "p90": float(np.percentile(diff, 90)), "n": int(diff.size)}}
-    for name, pm in (("p2 vit_tiny (5 repeats)", old), ("p2a vit_tiny (adaptive 5-25)", new)):
+    maps = []
+    for name, fn in MAPS:
+        path = os.path.join(ROOT, "data/perfmaps", fn)
+        if os.path.exists(path):
+            pm = load_perfmap(path)
+            maps.append((name, PerfMap(meta=pm.meta, records=[r for r in pm.records
+                                                               if r["model"].startswith("vit_tiny")])))
+    report = {"schema_version": 1, "session_difference_pct": {}}
+    for i, (na, a) in enumerate(maps):
+        for nb, b in maps[i + 1:]:
+            d = session_difference(a, b)
+            report["session_difference_pct"][f"{na.split()[0]} vs {nb.split()[0]}"] = d
+            print(f"same configurations, {na.split()[0]} vs {nb.split()[0]}: |median difference| median "
+                  f"{d['median']:.1f} %, P90 {d['p90']:.1f} %, within 10 %: {d['within_10pct'] * 100:.0f} % "
+                  f"(n={d['n']})")
+    for name, pm in maps:
         res = lovo(pm, unshaped_bw=None, quick=False, axes=AXES)
         report[name] = {ax: {m: v[m]["latency"] for m in ("hybrid", "analytical", "forest")}
                         for ax, v in res.items()}

@@ -18,7 +18,8 @@ Scoring against B (and then A against B's), side by side:
 If the model fitted on A is as close to B as A's own measurements are, the error left
 is the testbed's session-to-session noise, not the model.
 
-    python benchmarks/cross_session.py          # ~3 min on 2 cores
+    python benchmarks/cross_session.py                  # A = p2, B = p2a; ~1 min on 2 cores
+    python benchmarks/cross_session.py MAP_A MAP_B      # any two maps of the same grid
 """
 from __future__ import annotations
 
@@ -105,9 +106,17 @@ def decision_part(A: PerfMap, B: PerfMap) -> dict:
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("maps", nargs="*", default=[MAP_A, MAP_B], help="two perf maps (vit_tiny rows are used)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/cross_session.json"))
+    a = ap.parse_args()
+    if len(a.maps) != 2:
+        ap.error(f"give two perf maps, not {len(a.maps)}")
     warnings.simplefilter("ignore")
-    maps = {"A": _tiny(load_perfmap(MAP_A)), "B": _tiny(load_perfmap(MAP_B))}
-    report = {"schema_version": 1, "A": os.path.basename(MAP_A), "B": os.path.basename(MAP_B)}
+    maps = {"A": _tiny(load_perfmap(a.maps[0])), "B": _tiny(load_perfmap(a.maps[1]))}
+    report = {"schema_version": 1, "A": os.path.basename(a.maps[0]), "B": os.path.basename(a.maps[1])}
     for src, dst in (("A", "B"), ("B", "A")):        # both directions
         lat = latency_part(maps[src], maps[dst])
         print(f"latency of session {dst}'s {lat['n']} configurations    median    P90  within 10 %")
@@ -122,9 +131,8 @@ def main() -> None:
                       f"  {m['mean_regret_pct']:8.2f}%  {m['max_regret_pct']:9.1f}%")
         print()
         report[f"{src}->{dst}"] = {"latency": lat, "decision": dec}
-    out = os.path.join(ROOT, "benchmarks/results/cross_session.json")
-    atomic_write_text(out, json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    atomic_write_text(a.out, json.dumps(report, indent=1))
+    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":
