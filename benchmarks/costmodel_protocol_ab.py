@@ -32,7 +32,7 @@ AXES = ("batch", "bw", "cr", "seq_len")
 
 MAPS = (("p2 vit_tiny (5 repeats)", "testbed_vit_p2.json"),
         ("p2a vit_tiny (adaptive 5-25)", "testbed_vit_p2a.json"),
-        ("p2m vit_tiny (3 passes x 5)", "testbed_vit_p2m.json"))
+        ("p2m vit_tiny (10 passes x 5)", "testbed_vit_p2m.json"))
 
 
 def session_difference(a: PerfMap, b: PerfMap) -> dict:
