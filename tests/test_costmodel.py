@@ -235,3 +235,15 @@ def test_cli_bad_input_exits_2_with_one_line(args, needle):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("error:")
+
+
+def test_p2m_profile_is_the_fit_of_the_shipped_10_pass_map():
+    """The testbed-vit-p2m profile was fitted on data/perfmaps/testbed_vit_p2m.json as
+    shipped (the fingerprint of its rows matches) and describes it closely in sample."""
+    cm = costmodel.load_profile("testbed-vit-p2m")
+    s = cm.score(REPO / "data" / "perfmaps" / "testbed_vit_p2m.json")
+    assert s["in_sample"] and s["n_rows"] == 378
+    assert s["latency"]["mape"] < 10
+    r = costmodel.predict(8, 500, 9.9, profile="testbed-vit-p2m")
+    single = costmodel.predict(8, 500, None, strategy="single", profile="testbed-vit-p2m")
+    assert 0 < r["latency_ms"] and 0 < single["latency_ms"] and r["profile"] == "testbed-vit-p2m"
