@@ -33,7 +33,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
 
-from bench_decision import situations  # noqa: E402
+from bench_costmodel import _predict as predict_records  # noqa: E402
+from bench_decision import _cr, situations  # noqa: E402
 from costmodel.decision import DecisionTable  # noqa: E402
 from costmodel.model import CostModel, metrics  # noqa: E402
 from costmodel.perfmap import PerfMap, atomic_write_text, load_perfmap, record_latency_ms  # noqa: E402
@@ -47,10 +48,7 @@ def _tiny(pm: PerfMap) -> PerfMap:
 
 
 def _predict(cm: CostModel, recs: list) -> np.ndarray:
-    f = lambda k: np.array([np.nan if r.get(k) is None else r[k] for r in recs], float)  # noqa: E731
-    strat = np.array([r["strategy"] for r in recs], dtype=object)
-    return cm.predict(f("batch"), f("bw"), f("cr"), strategy=strat, seq_len=f("seq_len"),
-                      world_size=f("world_size"), model=recs[0]["model"], warn=False)["latency_ms"]
+    return predict_records(cm, recs, None)["latency"]
 
 
 def _fmt(m: dict) -> str:
@@ -78,7 +76,7 @@ def latency_part(A: PerfMap, B: PerfMap) -> dict:
 
 
 def decision_part(A: PerfMap, B: PerfMap) -> dict:
-    crs = sorted({round(r.get("cr_requested") or r["cr"], 4) for r in A.usable() if r.get("cr")})
+    crs = sorted({round(_cr(r), 4) for r in A.usable() if r.get("cr")})
     sa, sb = situations(A, crs), situations(B, crs)
     keys = sorted(set(sa) & set(sb))
     cands = [("single", None), ("voltage", None)] + [("prism", c) for c in crs]

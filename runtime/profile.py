@@ -233,6 +233,8 @@ def combine_passes(rows: list) -> dict:
     = the median of the passes' medians (p10 / p90 over every repeat of every pass),
     phases and energy = medians over passes, `passes` = each pass's median and their
     spread. Rows with an error are left out while at least one pass measured."""
+    import numpy as np
+
     good = [r for r in rows if not r.get("error")]
     if len(rows) == 1 or not good:
         out = dict(rows[-1])
@@ -243,10 +245,10 @@ def combine_passes(rows: list) -> dict:
     rep = min(good, key=lambda r: abs(r["latency_ms"]["median"] - med))   # ranks, blocks, link
     out = dict(rep)
     out["key"] = rep["key"].split("#pass")[0]
-    samples = sorted(v for r in good for v in r["latency_ms"]["samples"])
-    q = lambda p: samples[min(len(samples) - 1, int(round(p * (len(samples) - 1))))]  # noqa: E731
-    out["latency_ms"] = {"median": med, "p10": q(0.1), "p90": q(0.9), "n": len(samples),
-                         "samples": [v for r in good for v in r["latency_ms"]["samples"]]}
+    samples = [v for r in good for v in r["latency_ms"]["samples"]]
+    p10, p90 = np.percentile(samples, [10, 90])          # as run_group does for one pass
+    out["latency_ms"] = {"median": med, "p10": float(p10), "p90": float(p90), "n": len(samples),
+                         "samples": samples}
     out["per_sample_ms"] = med / rep["batch"]
     for k in ("compute_ms", "staging_ms", "comm_ms"):
         out[k] = float(statistics.median(r[k] for r in good))
@@ -727,8 +729,7 @@ class Sweep:
         kept in the map's cluster.host_check; a failure is logged, not fatal."""
         from .hostcheck import HostCheckError, host_check, usable_cores
 
-        ws = max([c.world_size for c in self.configs] + [1])
-        cores = usable_cores()[:max(1, ws)]
+        cores = usable_cores()[:max(c.world_size for c in self.configs)]
         try:
             res = host_check(cores, iters=50, rounds=1)
         except HostCheckError as e:
