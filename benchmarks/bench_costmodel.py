@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from costmodel.model import CostModel, metrics  # noqa: E402
 from costmodel.perfmap import (PerfMap, axis_values, load_perfmap, merge_perfmaps,  # noqa: E402
-                               record_latency_ms)
+                               record_key, record_latency_ms)
 
 JETSON = REPO / "data" / "perfmaps" / "jetson_orin_nano_paper.json"
 TP_MAPS = (REPO / "data" / "perfmaps" / "testbed_vit_p2.json", REPO / "data" / "perfmaps" / "testbed_vit_tp.json")
@@ -86,12 +86,14 @@ def _predict(cm, recs, unshaped_bw):
     return out
 
 
-def lovo(pm: PerfMap, *, unshaped_bw, quick: bool, axes=AXES, subsets=None, variants=None) -> dict:
+def lovo(pm: PerfMap, *, unshaped_bw, quick: bool, axes=AXES, subsets=None, variants=None,
+         keep_predictions: bool = False) -> dict:
     """Leave-one-value-out along each axis; pooled predictions per axis per model.
 
     subsets: {name: strategies or None} -> res[axis]["subsets"][name] holds the same
     metrics over those strategies' rows only. variants: {name: CostModel kwargs} extra
-    hybrid models (an ablation), scored like the others."""
+    hybrid models (an ablation), scored like the others. keep_predictions: also
+    res[axis]["predictions"] = {"keys": record keys, model: held-out latency (ms)}."""
     from sklearn.ensemble import RandomForestRegressor
 
     recs = pm.usable(breakdown=True)
@@ -135,6 +137,9 @@ def lovo(pm: PerfMap, *, unshaped_bw, quick: bool, axes=AXES, subsets=None, vari
             for j, t in enumerate(TARGETS):
                 P["forest"][t][te] = pr[:, j]
         res[ax] = {"values": vals, **{m: {t: metrics(P[m][t], Y[t]) for t in TARGETS} for m in P}}
+        if keep_predictions:
+            res[ax]["predictions"] = {"keys": [record_key(r) for r in recs],
+                                      **{m: P[m]["latency"].tolist() for m in P}}
         if subsets:
             res[ax]["subsets"] = {}
             for name, ss in subsets.items():

@@ -9,6 +9,13 @@ candidate). Reported per objective: share of oracle-correct choices, mean and ma
 regret (chosen / oracle - 1). Energy uses energy_j where a sensor measured it, else the
 labelled estimate energy_est_j (said in the output).
 
+For a map measured in passes (profile --passes K), each latency record also gets the 90 %
+bootstrap interval of its median over the passes (costmodel/noise.py). A situation is
+*resolvable* when the oracle's interval lies wholly below the runner-up's: the data can
+tell them apart. Reported: the share of resolvable situations, oracle-correct among
+them, and the share of choices whose measured median lies inside the oracle's interval
+(indistinguishable from the oracle in this data).
+
     python benchmarks/bench_decision.py data/perfmaps/testbed_vit.json
 """
 from __future__ import annotations
@@ -27,7 +34,8 @@ sys.path.insert(0, ROOT)
 
 from costmodel.decision import DecisionTable  # noqa: E402
 from costmodel.model import CostModel  # noqa: E402
-from costmodel.perfmap import PerfMap, atomic_write_text, load_perfmap, record_latency_ms  # noqa: E402
+from costmodel.noise import record_intervals  # noqa: E402
+from costmodel.perfmap import PerfMap, atomic_write_text, load_perfmap, record_key, record_latency_ms  # noqa: E402
 
 
 def _energy(r):
@@ -77,6 +85,7 @@ def evaluate(pm: PerfMap, folds: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(keys))
     res = {"latency": [], "energy": []}
+    ci = record_intervals(pm, coverage=0.9)          # {} for a map without passes
     cands = [("single", None)] + [(s, None) for s in others] + [("prism", c) for c in crs]
     for f in range(folds):
         test = [keys[i] for i in order[f::folds]]
@@ -110,10 +119,15 @@ def evaluate(pm: PerfMap, folds: int, seed: int = 0) -> dict:
                 if any(v is None for v in meas.values()):
                     continue
                 best = min(meas, key=meas.get)
-                res[obj].append({"situation": list(key), "chosen": d["mode"], "oracle": best,
-                                 "regret": meas[d["mode"]] / meas[best] - 1.0,
-                                 "oracle_spread": _spread(sits[key][best]),
-                                 "source": d["source"]})
+                row = {"situation": list(key), "chosen": d["mode"], "oracle": best,
+                       "regret": meas[d["mode"]] / meas[best] - 1.0,
+                       "oracle_spread": _spread(sits[key][best]), "source": d["source"]}
+                ivs = {lab: ci.get(record_key(r)) for lab, r in sits[key].items()}
+                if obj == "latency" and all(iv is not None for iv in ivs.values()):
+                    second = min((lab for lab in meas if lab != best), key=meas.get)
+                    row["resolvable"] = ivs[best][1] < ivs[second][0]
+                    row["chosen_in_oracle_interval"] = meas[d["mode"]] <= ivs[best][1]
+                res[obj].append(row)
     out = {}
     for obj, rows in res.items():
         if not rows:
@@ -126,6 +140,11 @@ def evaluate(pm: PerfMap, folds: int, seed: int = 0) -> dict:
                     "within_oracle_spread": float(np.mean(reg <= spread)),
                     "mean_regret_pct": float(reg.mean() * 100), "max_regret_pct": float(reg.max() * 100),
                     "rows": rows}
+        if all("resolvable" in r for r in rows):
+            res_ok = [r["regret"] <= 1e-12 for r in rows if r["resolvable"]]
+            out[obj]["resolvable_share"] = float(np.mean([r["resolvable"] for r in rows]))
+            out[obj]["oracle_correct_resolvable"] = float(np.mean(res_ok)) if res_ok else None
+            out[obj]["within_oracle_interval"] = float(np.mean([r["chosen_in_oracle_interval"] for r in rows]))
     return out
 
 
@@ -174,6 +193,12 @@ def main():
             print(f"{os.path.basename(path):<34}{lab:<10}{v['n']:>5}{v['oracle_correct'] * 100:>15.1f}%"
                   f"{v['mean_regret_pct']:>12.2f}%{v['max_regret_pct']:>11.2f}%"
                   f"{v['within_oracle_spread'] * 100:>14.1f}%")
+            if "resolvable_share" in v:
+                orr = v["oracle_correct_resolvable"]
+                print(f"  passes: {v['resolvable_share'] * 100:.1f} % of situations resolvable (oracle's 90 % "
+                      f"interval below the runner-up's); oracle-correct among them "
+                      f"{'-' if orr is None else f'{orr * 100:.1f} %'}; choice inside the oracle's interval "
+                      f"{v['within_oracle_interval'] * 100:.1f} %")
         oh = overhead(pm)
         report["maps"][path] = {"decision": ev, "overhead": oh, "energy_source": energy_src}
         print(f"  * energy objective scored on {energy_src}")

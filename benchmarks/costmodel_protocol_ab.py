@@ -4,11 +4,15 @@ vit_tiny's 378 configurations, measured in three sessions with three protocols:
   p2   testbed_vit_p2.json   5 repeats in one burst,
   p2a  testbed_vit_p2a.json  adaptive: 5-25 repeats until the median's robust relative
                              standard error is <= 1.5 %,
-  p2m  testbed_vit_p2m.json  3 passes over the whole grid, 5 repeats each; the median of
-                             the passes' medians (profile --passes 3),
+  p2m  testbed_vit_p2m.json  K passes over the whole grid, 5 repeats each; the median of
+                             the passes' medians (profile --passes K),
 how far each pair of sessions' medians lie apart, and the leave-one-value-out error of
 the hybrid, the analytical model alone and a random forest on each map (maps that are
-not there are skipped).
+not there are skipped). For a map measured in passes, also its own measurement floor
+(costmodel/noise.py: first half of the passes against the second; the error a model
+that knew each configuration's long-run median would still show, by bootstrap over the
+passes) and the share of the hybrid's held-out predictions inside each record's 90 %
+bootstrap interval.
 
     python benchmarks/costmodel_protocol_ab.py      # ~5 min per map on 2 cores
 """
@@ -25,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
 
 from bench_costmodel import lovo  # noqa: E402
+from costmodel.noise import measurement_floor, record_intervals  # noqa: E402
 from costmodel.perfmap import PerfMap, atomic_write_text, load_perfmap  # noqa: E402
 
 AXES = ("batch", "bw", "cr", "seq_len")
@@ -32,7 +37,7 @@ AXES = ("batch", "bw", "cr", "seq_len")
 
 MAPS = (("p2 vit_tiny (5 repeats)", "testbed_vit_p2.json"),
         ("p2a vit_tiny (adaptive 5-25)", "testbed_vit_p2a.json"),
-        ("p2m vit_tiny (10 passes x 5)", "testbed_vit_p2m.json"))
+        ("p2m vit_tiny (passes x 5)", "testbed_vit_p2m.json"))
 
 
 def session_difference(a: PerfMap, b: PerfMap) -> dict:
@@ -62,9 +67,26 @@ def main() -> None:
                   f"{d['median']:.1f} %, P90 {d['p90']:.1f} %, within 10 %: {d['within_10pct'] * 100:.0f} % "
                   f"(n={d['n']})")
     for name, pm in maps:
-        res = lovo(pm, unshaped_bw=None, quick=False, axes=AXES)
+        if pm.meta.get("protocol", {}).get("passes"):
+            name = name.replace("passes", f"{pm.meta['protocol']['passes']} passes")
+        res = lovo(pm, unshaped_bw=None, quick=False, axes=AXES, keep_predictions=True)
         report[name] = {ax: {m: v[m]["latency"] for m in ("hybrid", "analytical", "forest")}
                         for ax, v in res.items()}
+        floor = measurement_floor(pm)
+        if floor.get("n"):
+            ci = record_intervals(pm, coverage=0.9)
+            report[name]["measurement_floor"] = floor
+            h, b = floor["halves"], floor
+            print(f"{name:<30} floor: half vs half median {h['median_ape']:.1f}  P90 {h['p90_ape']:.1f}  within10 "
+                  f"{h['within_10pct'] * 100:.0f}%; bootstrap median {b['median_ape']:.1f}  P90 {b['p90_ape']:.1f}"
+                  f"  within10 {b['within_10pct'] * 100:.0f}%")
+            for ax, v in res.items():
+                pr = v["predictions"]
+                inside = [ci[k][0] <= p <= ci[k][1] for k, p in zip(pr["keys"], pr["hybrid"])
+                          if k in ci and np.isfinite(p)]
+                report[name][ax]["hybrid_inside_90pct_interval"] = float(np.mean(inside))
+                print(f"{name:<30} {ax:<8} hybrid held-out inside the record's 90 % interval: "
+                      f"{np.mean(inside) * 100:.0f} % (n={len(inside)})")
         for ax, v in res.items():
             for m in ("hybrid", "analytical", "forest"):
                 t = v[m]["latency"]

@@ -74,10 +74,17 @@ def cmd_predict(a) -> dict:
 
 
 def cmd_validate(a):
+    from .noise import measurement_floor
+    from .perfmap import load_perfmap
+
     cm, which = _model(a)
-    s = cm.score(a.perfmap)
+    pm = load_perfmap(a.perfmap)
+    s = cm.score(pm)
     mape = s["latency"]["mape"]
     out = {"model": which, "perfmap": a.perfmap, **s}
+    floor = measurement_floor(pm)     # maps measured in passes: the data's own noise
+    if floor.get("n"):
+        out["measurement_floor"] = floor
     rc = 0
     if a.max_mape is not None:
         ok = mape is not None and mape <= a.max_mape

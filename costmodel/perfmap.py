@@ -256,6 +256,12 @@ def _config_key(r: dict) -> str:
                                           "cr", "m", "heads", "cols", "collective", "tiles")])
 
 
+def record_key(r: dict) -> str:
+    """A record's identity within a map: the sweep's `key` where it wrote one, else the
+    configuration key."""
+    return r.get("key") or _config_key(r)
+
+
 def merge_perfmaps(*maps: "PerfMap | str | os.PathLike") -> PerfMap:
     """One perf map from several sweeps of the same testbed, e.g. single/voltage/prism
     plus tensor_parallel/galaxy (`merge_perfmaps("testbed_vit_p2.json",
