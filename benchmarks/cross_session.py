@@ -11,8 +11,10 @@ Scoring against B (and then A against B's), side by side:
       so that it never saw that configuration in either session;
   decisions (every situation: batch x bw x seq_len, candidates single, Voltage and
   Prism at each CR), latency objective:
-    - A's oracle (the best candidate as measured in A),
+    - A's oracle (the best candidate as measured in A: what the decision table does when
+      it is given A's perf map, whose exact entries win over the model),
     - the model-only decision table fitted on A,
+    - with --blend W..., a mix: argmin of W x A's measurement + (1 - W) x the model,
   each as share agreeing with B's oracle, mean and max regret in B.
 
 If the model fitted on A is as close to B as A's own measurements are, the error left
@@ -75,7 +77,7 @@ def latency_part(A: PerfMap, B: PerfMap) -> dict:
     return out
 
 
-def decision_part(A: PerfMap, B: PerfMap) -> dict:
+def decision_part(A: PerfMap, B: PerfMap, blend=()) -> dict:
     crs = sorted({round(_cr(r), 4) for r in A.usable() if r.get("cr")})
     sa, sb = situations(A, crs), situations(B, crs)
     keys = sorted(set(sa) & set(sb))
@@ -83,7 +85,7 @@ def decision_part(A: PerfMap, B: PerfMap) -> dict:
     cm = CostModel().fit(A)
     tables = {}
     lat = lambda d: {k: record_latency_ms(r) for k, r in d.items()}  # noqa: E731
-    rows = {"A oracle": [], "model fit on A": []}
+    rows = {"A oracle": [], "model fit on A": [], **{f"blend w={w:g}": [] for w in blend}}
     for key in keys:
         model, seq, P, batch, bw = key
         if (model, seq, P) not in tables:
@@ -92,8 +94,13 @@ def decision_part(A: PerfMap, B: PerfMap) -> dict:
                                                     bws=sorted({k[4] for k in keys}))
         la, lb = lat(sa[key]), lat(sb[key])
         best_b = min(lb, key=lb.get)
-        for name, choice in (("A oracle", min(la, key=la.get)),
-                             ("model fit on A", tables[(model, seq, P)].choose(batch, bw)["mode"])):
+        choices = [("A oracle", min(la, key=la.get)),
+                   ("model fit on A", tables[(model, seq, P)].choose(batch, bw)["mode"])]
+        if blend:
+            labs = list(sa[key])
+            pm_ = dict(zip(labs, _predict(cm, [sa[key][k] for k in labs])))
+            choices += [(f"blend w={w:g}", min(labs, key=lambda k: w * la[k] + (1 - w) * pm_[k])) for w in blend]
+        for name, choice in choices:
             rows[name].append(lb[choice] / lb[best_b] - 1.0)
     out = {"n": len(keys)}
     for name, reg in rows.items():
@@ -108,10 +115,14 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("maps", nargs="*", default=[MAP_A, MAP_B], help="two perf maps (vit_tiny rows are used)")
+    ap.add_argument("--blend", type=float, nargs="*", default=[],
+                    help="weights W in (0, 1) of A's measurement against the model (decisions)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/cross_session.json"))
     a = ap.parse_args()
     if len(a.maps) != 2:
         ap.error(f"give two perf maps, not {len(a.maps)}")
+    if any(not 0 < w < 1 for w in a.blend):
+        ap.error(f"--blend weights must lie in (0, 1), got {a.blend}")
     warnings.simplefilter("ignore")
     maps = {"A": _tiny(load_perfmap(a.maps[0])), "B": _tiny(load_perfmap(a.maps[1]))}
     report = {"schema_version": 1, "A": os.path.basename(a.maps[0]), "B": os.path.basename(a.maps[1])}
@@ -121,7 +132,7 @@ def main() -> None:
         for name, m in lat.items():
             if name != "n":
                 print(f"  predicted by {name.replace('A', src):<32}{_fmt(m)}")
-        dec = decision_part(maps[src], maps[dst])
+        dec = decision_part(maps[src], maps[dst], a.blend)
         print(f"decisions on {dec['n']} situations, scored in {dst}     agree  mean regret  max regret")
         for name, m in dec.items():
             if name != "n":

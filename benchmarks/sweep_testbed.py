@@ -56,7 +56,7 @@ PARTS = {
                 max_repeats="25", target_se="0.015", repeat_budget="10"),
     "p2m": dict(model="vit_tiny_patch16_224", strategy="single,voltage,prism", batch="1,2,4,8,16,32",
                 bw="200,300,500,700,900", cr="3.3,4.95,9.9", img_size="96,160,224", world_size="2",
-                passes="10", host_check=True),
+                passes="20", host_check=True),
     "tp3": dict(model="vit_tiny_patch16_224", strategy="tensor_parallel,galaxy", batch="1,4,16",
                 bw="200,500,900", cr="9.9", img_size="96,224", world_size="3"),
     "tp": dict(strategy="tensor_parallel,galaxy", batch="1,2,4,8,16", bw="200,300,500,700,900",
