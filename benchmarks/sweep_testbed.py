@@ -15,11 +15,11 @@ out/sweeps/; the perf maps go to data/perfmaps/):
   p2a: vit_tiny's part of p2 again with adaptive repeats (at least 5, up to 25, until the
       median's robust relative standard error is <= 1.5 %, at most 10 s of repeats per
       configuration): the measurement-protocol A/B behind the cost-model accuracy (issue 4).
-  p2m: vit_tiny's part of p2 a third time, as 10 passes over the whole grid (5 repeats
+  p2m: vit_tiny's part of p2 a third time, as 20 passes over the whole grid (5 repeats
       each; a record's median = the median of its passes' medians) with a host check
       before and after: does spreading repeats over time beat repeating in one burst?
-      (issue 4; run with 3 passes, then resumed with 6 and with 10: each resumption
-      measured only the new passes, ~23 min per 3 passes)
+      (issue 4; run with 3 passes, then resumed with 6, 10 and 20: each resumption
+      measured only the new passes, ~7.7 min per pass)
   tp3: tensor_parallel and galaxy at P=3 (vit_tiny, the p3 subset): checks the cost
       model's message-step count 2(P-1) out of sample (P=3 shares the 2 cores).
   tp: the head/column-split baselines (issue 8): tensor_parallel and galaxy, the same

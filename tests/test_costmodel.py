@@ -237,7 +237,7 @@ def test_cli_bad_input_exits_2_with_one_line(args, needle):
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("error:")
 
 
-def test_p2m_profile_is_the_fit_of_the_shipped_10_pass_map():
+def test_p2m_profile_is_the_fit_of_the_shipped_multi_pass_map():
     """The testbed-vit-p2m profile was fitted on data/perfmaps/testbed_vit_p2m.json as
     shipped (the fingerprint of its rows matches) and describes it closely in sample."""
     cm = costmodel.load_profile("testbed-vit-p2m")
