@@ -12,7 +12,8 @@ not there are skipped). For a map measured in passes, also its own measurement f
 (costmodel/noise.py: first half of the passes against the second; the error a model
 that knew each configuration's long-run median would still show, by bootstrap over the
 passes) and the share of the hybrid's held-out predictions inside each record's 90 %
-bootstrap interval.
+bootstrap interval. Per axis, the hybrid's error is also split into held-out end values
+of the axis (extrapolation) and interior ones.
 
     python benchmarks/costmodel_protocol_ab.py      # ~5 min per map on 2 cores
 """
@@ -30,7 +31,8 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
 
 from bench_costmodel import lovo  # noqa: E402
 from costmodel.noise import measurement_floor, record_intervals  # noqa: E402
-from costmodel.perfmap import PerfMap, atomic_write_text, load_perfmap  # noqa: E402
+from costmodel.model import metrics  # noqa: E402
+from costmodel.perfmap import PerfMap, atomic_write_text, load_perfmap, record_key, record_latency_ms  # noqa: E402
 
 AXES = ("batch", "bw", "cr", "seq_len")
 
@@ -72,6 +74,16 @@ def main() -> None:
         res = lovo(pm, unshaped_bw=None, quick=False, axes=AXES, keep_predictions=True)
         report[name] = {ax: {m: v[m]["latency"] for m in ("hybrid", "analytical", "forest")}
                         for ax, v in res.items()}
+        lat = {record_key(r): r for r in pm.usable()}
+        for ax, v in res.items():
+            pr, vals = v["predictions"], v["values"]
+            for part, sel in (("ends", {vals[0], vals[-1]}), ("interior", set(vals[1:-1]))):
+                ks = [(k, p) for k, p in zip(pr["keys"], pr["hybrid"]) if np.isfinite(p) and lat[k].get(ax) in sel]
+                if ks:
+                    m = metrics(np.array([p for _, p in ks]), np.array([record_latency_ms(lat[k]) for k, _ in ks]))
+                    report[name][ax][f"hybrid_{part}"] = {"values": sorted(sel), **m}
+                    print(f"{name:<30} {ax:<8} hybrid, held-out {part} {sorted(sel)}: median {m['median_ape']:.1f}"
+                          f"  P90 {m['p90_ape']:.1f}  within10 {m['within_10pct'] * 100:.0f}%")
         floor = measurement_floor(pm)
         if floor.get("n"):
             ci = record_intervals(pm, coverage=0.9)
