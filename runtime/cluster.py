@@ -161,6 +161,8 @@ def cluster_main(a, argv_tail) -> int:
         if a.host_check:
             raise ValueError("--host-check times the cores of one host (python -m runtime profile); "
                              "profile-cluster runs one process per device")
+        if spec.order != "grid":
+            raise ValueError(f"--order {spec.order} is not implemented in profile-cluster; allowed: grid")
     except ValueError as e:
         raise UsageError(str(e))
     if a.shape_iface and not os.environ.get("GLOO_SOCKET_IFNAME"):

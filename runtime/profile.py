@@ -74,6 +74,7 @@ class SweepSpec:
     meter: str = "auto"
     power_model: str = "cpu-host-assumed"
     passes: int = 1                       # the whole grid, measured this many times in turn
+    order: str = "grid"                   # "shuffled": each pass in its own seeded random order
 
     def __post_init__(self):
         from .strategies import list_strategies
@@ -114,6 +115,7 @@ class SweepSpec:
         need(self.repeat_budget_s > 0, f"repeat_budget_s={self.repeat_budget_s} must be > 0")
         need(isinstance(self.passes, int) and not isinstance(self.passes, bool) and self.passes >= 1,
              f"passes={self.passes!r} must be an integer >= 1")
+        need(self.order in ORDERS, f"order={self.order!r}; allowed: {', '.join(ORDERS)}")
         need(self.testbed in MODES, f"unknown testbed mode {self.testbed!r}; allowed: {list(MODES)}")
         need(self.delay_ms >= 0, f"delay={self.delay_ms} ms must be >= 0")
         need(self.timeout_s > 0, f"timeout={self.timeout_s} s must be > 0")
@@ -131,6 +133,10 @@ class SweepSpec:
                      repeat_budget_s=self.repeat_budget_s,
                      repeats_rule="at least `repeats`; more until the median's robust relative "
                                   "standard error <= target_rel_se, or max_repeats, or the budget")
+        if self.order != "grid":
+            p.update(order=self.order, order_rule="each pass runs its rates, its groups and the "
+                                                  "configurations of each group in a random order "
+                                                  "seeded by (seed, pass)")
         return p
 
 
@@ -218,6 +224,25 @@ def expand(spec: SweepSpec, *, shaped: bool = True) -> list:
                                                  f"at world_size={p}: {e}") from None
                             out += [Config(m, i, p, bw, s, b, cr) for b in spec.batches]
     return _with_passes(out, spec.passes)
+
+
+ORDERS = ("grid", "shuffled")
+
+
+def _orderer(spec: SweepSpec, pass_no: int):
+    """items -> items in this pass's order: unchanged for order "grid", else a copy
+    shuffled by a generator seeded with (spec.seed, pass_no) (reproducible)."""
+    import random
+
+    if spec.order == "grid":
+        return list
+    rng = random.Random(f"{spec.seed}/pass{pass_no}")
+
+    def shuffled(items):
+        items = list(items)
+        rng.shuffle(items)
+        return items
+    return shuffled
 
 
 def _with_passes(configs: list, passes: int) -> list:
@@ -687,13 +712,18 @@ class Sweep:
         return self.write_map()
 
     def _run_configs(self, todo: list, tmpdir: str, stderr_log) -> None:
-        """Measure `todo`: single first, then one emulated network per world size, its
-        rates in turn (rate checked before each), the groups of each rate."""
+        """Measure `todo` (one pass): single first, then one emulated network per world
+        size, its rates in turn (rate checked before each), the groups of each rate. With
+        order "shuffled" the rates, the groups and each group's configurations run in a
+        random order seeded by (seed, pass), so that an effect of a configuration's place
+        in the pass (e.g. right after a re-shape) falls on different ones in each pass."""
         from .testbed import Testbed
 
+        shuffle = _orderer(self.spec, todo[0].pass_no if todo else 1)
         groups = {}
         for c in todo:
             groups.setdefault(c.group, []).append(c)
+        groups = {g: shuffle(cs) for g, cs in shuffle(list(groups.items()))}
         singles = [g for g in groups if g[1] == 1]
         for g in singles:
             self._run_group(g, groups[g], None, tmpdir, stderr_log)
@@ -702,7 +732,7 @@ class Sweep:
             if g[1] > 1:
                 by_ws.setdefault(g[1], []).append(g)
         for ws, gs in by_ws.items():
-            bws = sorted({g[2] for g in gs}, key=lambda v: -1 if v is None else v)
+            bws = shuffle(sorted({g[2] for g in gs}, key=lambda v: -1 if v is None else v))
             first_bw = bws[0] if bws[0] is not None else None
             with Testbed(ws, first_bw, delay_ms=self.spec.delay_ms, mode=self.mode,
                          prefix=self.prefix) as tb:
@@ -1010,6 +1040,9 @@ def add_profile_args(p) -> None:
     p.add_argument("--passes", type=int, default=1,
                    help="measure the whole grid this many times in turn; a record's median is the "
                         "median of its passes' medians (a host or link that drifts over minutes)")
+    p.add_argument("--order", default="grid", choices=ORDERS,
+                   help="grid: every pass in the grid's order; shuffled: each pass in its own "
+                        "seeded random order of rates, groups and configurations")
     p.add_argument("--host-check", action="store_true",
                    help="before and after the sweep, time a fixed workload on the ranks' cores alone "
                         "and together (python -m runtime host-check); stored in cluster.host_check")
@@ -1025,7 +1058,8 @@ def spec_from_args(a) -> SweepSpec:
         patch_size=a.patch_size, exchange=a.exchange, warmup=a.warmup, repeats=a.repeats,
         max_repeats=a.max_repeats, target_rel_se=a.target_se, repeat_budget_s=a.repeat_budget,
         seed=a.seed, device=a.device, delay_ms=a.delay, testbed=a.testbed, timeout_s=a.timeout,
-        blocks=a.blocks, meter=a.meter, power_model=a.power_model, passes=a.passes)
+        blocks=a.blocks, meter=a.meter, power_model=a.power_model, passes=a.passes,
+        order=a.order)
 
 
 def profile_main(a, argv_tail) -> int:

@@ -14,7 +14,7 @@ import pytest
 from costmodel.perfmap import load_perfmap
 from runtime import testbed as tbm
 from runtime.cli import main
-from runtime.profile import Config, RawLog, SweepSpec, expand
+from runtime.profile import Config, RawLog, SweepSpec, _orderer, expand
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "test_vit", "--depth", "2"]
@@ -274,3 +274,41 @@ def test_passes_sweep_and_adding_a_pass_later(tmp_path):
     rows3, d3 = run(3)
     assert rows3[:8] == rows and len(rows3) == 12 and all("#pass3" in r["key"] for r in rows3[8:])
     assert all(r["passes"]["n"] == 3 for r in d3["records"])
+
+
+def test_orderer_is_seeded_per_pass_and_grid_keeps_the_order():
+    items = list(range(12))
+    grid = SweepSpec(models=("test_vit",))
+    assert _orderer(grid, 2)(items) == items
+    sh = SweepSpec(models=("test_vit",), order="shuffled", seed=3)
+    a1, a2 = _orderer(sh, 1)(items), _orderer(sh, 2)(items)
+    assert sorted(a1) == items and sorted(a2) == items and a1 != a2 and a1 != items
+    assert _orderer(sh, 1)(items) == a1                        # reproducible
+    assert "order" in sh.protocol() and "order" not in grid.protocol()
+    with pytest.raises(ValueError, match="order='random'; allowed: grid, shuffled"):
+        SweepSpec(models=("test_vit",), order="random")
+
+
+@pytest.mark.gloo
+def test_shuffled_passes_run_in_their_own_order(tmp_path):
+    """--order shuffled: each pass measures every configuration, pass 1 and pass 2 run
+    their groups' configurations in different orders (the seeded ones), the protocol says
+    so, and resuming the raw log with --order grid is refused."""
+    out, raw = tmp_path / "map.json", tmp_path / "raw.jsonl"
+    args = ["profile", *TINY, "--img-size", "32", "--batch", "1,2,4", "--strategy", "single,voltage",
+            "--warmup", "0", "--repeats", "1", "--testbed", "loopback", "--out", str(out),
+            "--raw", str(raw), "--no-progress", "--passes", "2"]
+    p = _run_cli(args + ["--order", "shuffled"])
+    so, se = p.communicate(timeout=240)
+    assert p.returncode == 0, se[-3000:]
+    rows = [json.loads(ln) for ln in raw.read_text().splitlines()][1:]
+    by_pass = {1: [r["key"] for r in rows if "#" not in r["key"]],
+               2: [r["key"].split("#")[0] for r in rows if "#pass2" in r["key"]]}
+    assert len(by_pass[1]) == len(by_pass[2]) == 6 and set(by_pass[1]) == set(by_pass[2])
+    assert by_pass[1] != by_pass[2]
+    d = json.loads(out.read_text())
+    assert d["protocol"]["order"] == "shuffled" and len(d["records"]) == 6
+    assert all(r["passes"]["n"] == 2 for r in d["records"])
+    p = _run_cli(args + ["--order", "grid"])
+    so, se = p.communicate(timeout=240)
+    assert p.returncode == 2 and "was started with protocol" in se, se[-2000:]
