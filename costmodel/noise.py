@@ -37,9 +37,12 @@ def pass_medians(r: dict) -> np.ndarray | None:
     return v if v.size >= MIN_PASSES else None
 
 
+def _load(perfmap) -> PerfMap:
+    return perfmap if isinstance(perfmap, PerfMap) else load_perfmap(perfmap)
+
+
 def _records(perfmap) -> tuple[list, list]:
-    pm = perfmap if isinstance(perfmap, PerfMap) else load_perfmap(perfmap)
-    recs = pm.usable()
+    recs = _load(perfmap).usable()
     with_passes = [(r, pass_medians(r)) for r in recs]
     return [(r, v) for r, v in with_passes if v is not None], recs
 
@@ -75,9 +78,11 @@ def _boot(v: np.ndarray, n_boot: int, rng) -> np.ndarray:
 
 def measurement_floor(perfmap, *, n_boot: int = 400, seed: int = 0) -> dict:
     """Bootstrap floor: APE (%) of resampled medians against each record's median, pooled
-    over records and resamples; plus the halves comparison."""
+    over records and resamples (`n` counts resamples, `n_records` records); plus the
+    halves comparison."""
     if n_boot < 10:
         raise ValueError(f"n_boot must be >= 10, got {n_boot}")
+    perfmap = _load(perfmap)                        # read a path once for both estimates
     rows, recs = _records(perfmap)
     out = {"method": f"bootstrap over pass medians ({n_boot} resamples per record)",
            "halves": halves(perfmap)}
