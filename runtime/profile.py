@@ -43,6 +43,9 @@ DEFAULT_CRS = (3.3, 4.95, 9.9)
 
 # --------------------------------------------------------------------------- the sweep
 
+ORDERS = ("grid", "shuffled")           # SweepSpec.order: how each pass orders its configurations
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     """A resolved profiling sweep. bw in Mbit/s; img_size sets the token count
@@ -224,9 +227,6 @@ def expand(spec: SweepSpec, *, shaped: bool = True) -> list:
                                                  f"at world_size={p}: {e}") from None
                             out += [Config(m, i, p, bw, s, b, cr) for b in spec.batches]
     return _with_passes(out, spec.passes)
-
-
-ORDERS = ("grid", "shuffled")
 
 
 def _orderer(spec: SweepSpec, pass_no: int):
