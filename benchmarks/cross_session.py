@@ -83,6 +83,9 @@ def decision_part(A: PerfMap, B: PerfMap, blend=()) -> dict:
     keys = sorted(set(sa) & set(sb))
     cands = [("single", None), ("voltage", None)] + [("prism", c) for c in crs]
     cm = CostModel().fit(A)
+    if blend:              # the model's latency of every candidate of every situation, one call
+        recs_a = [r for key in keys for r in sa[key].values()]
+        model_a = dict(zip(map(id, recs_a), _predict(cm, recs_a)))
     tables = {}
     lat = lambda d: {k: record_latency_ms(r) for k, r in d.items()}  # noqa: E731
     rows = {"A oracle": [], "model fit on A": [], **{f"blend w={w:g}": [] for w in blend}}
@@ -96,10 +99,9 @@ def decision_part(A: PerfMap, B: PerfMap, blend=()) -> dict:
         best_b = min(lb, key=lb.get)
         choices = [("A oracle", min(la, key=la.get)),
                    ("model fit on A", tables[(model, seq, P)].choose(batch, bw)["mode"])]
-        if blend:
-            labs = list(sa[key])
-            pm_ = dict(zip(labs, _predict(cm, [sa[key][k] for k in labs])))
-            choices += [(f"blend w={w:g}", min(labs, key=lambda k: w * la[k] + (1 - w) * pm_[k])) for w in blend]
+        for w in blend:
+            mix = {k: w * la[k] + (1 - w) * model_a[id(r)] for k, r in sa[key].items()}
+            choices.append((f"blend w={w:g}", min(mix, key=mix.get)))
         for name, choice in choices:
             rows[name].append(lb[choice] / lb[best_b] - 1.0)
     out = {"n": len(keys)}

@@ -37,12 +37,11 @@ def pass_medians(r: dict) -> np.ndarray | None:
     return v if v.size >= MIN_PASSES else None
 
 
-def _load(perfmap) -> PerfMap:
-    return perfmap if isinstance(perfmap, PerfMap) else load_perfmap(perfmap)
-
-
 def _records(perfmap) -> tuple[list, list]:
-    recs = _load(perfmap).usable()
+    """(record, pass medians) of the records measured in >= MIN_PASSES passes, and all
+    usable records."""
+    pm = perfmap if isinstance(perfmap, PerfMap) else load_perfmap(perfmap)
+    recs = pm.usable()
     with_passes = [(r, pass_medians(r)) for r in recs]
     return [(r, v) for r, v in with_passes if v is not None], recs
 
@@ -62,7 +61,10 @@ def _summary(a: np.ndarray) -> dict:
 
 def halves(perfmap) -> dict:
     """|median(first half of passes) / median(second half) - 1| (%) per configuration."""
-    rows, recs = _records(perfmap)
+    return _halves(*_records(perfmap))
+
+
+def _halves(rows: list, recs: list) -> dict:
     if not rows:
         return {"n": 0, "skipped": len(recs), "reason": f"no record measured in >= {MIN_PASSES} passes"}
     ape = np.array([abs(np.median(v[: v.size // 2]) / np.median(v[v.size - v.size // 2:]) - 1) * 100
@@ -82,10 +84,9 @@ def measurement_floor(perfmap, *, n_boot: int = 400, seed: int = 0) -> dict:
     halves comparison."""
     if n_boot < 10:
         raise ValueError(f"n_boot must be >= 10, got {n_boot}")
-    perfmap = _load(perfmap)                        # read a path once for both estimates
     rows, recs = _records(perfmap)
     out = {"method": f"bootstrap over pass medians ({n_boot} resamples per record)",
-           "halves": halves(perfmap)}
+           "halves": _halves(rows, recs)}
     if not rows:
         return {**out, "n": 0, "skipped": len(recs)}
     rng = np.random.default_rng(seed)
