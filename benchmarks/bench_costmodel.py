@@ -93,7 +93,8 @@ def lovo(pm: PerfMap, *, unshaped_bw, quick: bool, axes=AXES, subsets=None, vari
     subsets: {name: strategies or None} -> res[axis]["subsets"][name] holds the same
     metrics over those strategies' rows only. variants: {name: CostModel kwargs} extra
     hybrid models (an ablation), scored like the others. keep_predictions: also
-    res[axis]["predictions"] = {"keys": record keys, model: held-out latency (ms)}."""
+    res[axis]["predictions"] = {"keys": record keys, model: held-out latency (ms),
+    "hybrid_phases": {phase: the hybrid's held-out phase time (ms)}}."""
     from sklearn.ensemble import RandomForestRegressor
 
     recs = pm.usable(breakdown=True)
@@ -139,7 +140,8 @@ def lovo(pm: PerfMap, *, unshaped_bw, quick: bool, axes=AXES, subsets=None, vari
         res[ax] = {"values": vals, **{m: {t: metrics(P[m][t], Y[t]) for t in TARGETS} for m in P}}
         if keep_predictions:
             res[ax]["predictions"] = {"keys": [record_key(r) for r in recs],
-                                      **{m: P[m]["latency"].tolist() for m in P}}
+                                      **{m: P[m]["latency"].tolist() for m in P},
+                                      "hybrid_phases": {t: P["hybrid"][t].tolist() for t in TARGETS if t != "latency"}}
         if subsets:
             res[ax]["subsets"] = {}
             for name, ss in subsets.items():

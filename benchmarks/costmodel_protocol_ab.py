@@ -13,12 +13,17 @@ not there are skipped). For a map measured in passes, also its own measurement f
 that knew each configuration's long-run median would still show, by bootstrap over the
 passes) and the share of the hybrid's held-out predictions inside each record's 90 %
 bootstrap interval. Per axis, the hybrid's error is also split into held-out end values
-of the axis (extrapolation) and interior ones.
+of the axis (extrapolation) and interior ones, and scored again with each measured
+phase time in place of its prediction (the total is the sum of the phases, so this is
+the error left if that phase were predicted exactly: which phase the error comes from).
 
-    python benchmarks/costmodel_protocol_ab.py      # ~5 min per map on 2 cores
+    python benchmarks/costmodel_protocol_ab.py              # ~5 min per map on 2 cores
+    python benchmarks/costmodel_protocol_ab.py --score p2m  # score one map again; the others'
+                                                            # entries are kept from the last run
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -51,7 +56,12 @@ def session_difference(a: PerfMap, b: PerfMap) -> dict:
             "within_10pct": float(np.mean(d <= 10)), "n": int(d.size)}
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--score", nargs="+", choices=[n.split()[0] for n, _ in MAPS],
+                    help="maps to score (leave-one-value-out, floor); the others keep their entries "
+                         "from the results file (default: all)")
+    args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     maps = []
     for name, fn in MAPS:
@@ -60,7 +70,13 @@ def main() -> None:
             pm = load_perfmap(path)
             maps.append((name, PerfMap(meta=pm.meta, records=[r for r in pm.records
                                                                if r["model"].startswith("vit_tiny")])))
+    out = os.path.join(ROOT, "benchmarks/results/costmodel_protocol_ab.json")
     report = {"schema_version": 1, "session_difference_pct": {}}
+    if args.score and os.path.exists(out):
+        with open(out) as fh:
+            last = json.load(fh)
+        report.update({k: v for k, v in last.items() if k.split()[0] not in args.score
+                       and k not in ("schema_version", "session_difference_pct")})
     for i, (na, a) in enumerate(maps):
         for nb, b in maps[i + 1:]:
             d = session_difference(a, b)
@@ -69,6 +85,8 @@ def main() -> None:
                   f"{d['median']:.1f} %, P90 {d['p90']:.1f} %, within 10 %: {d['within_10pct'] * 100:.0f} % "
                   f"(n={d['n']})")
     for name, pm in maps:
+        if args.score and name.split()[0] not in args.score:
+            continue
         if pm.meta.get("protocol", {}).get("passes"):
             name = name.replace("passes", f"{pm.meta['protocol']['passes']} passes")
         res = lovo(pm, unshaped_bw=None, quick=False, axes=AXES, keep_predictions=True)
@@ -84,6 +102,17 @@ def main() -> None:
                     report[name][ax][f"hybrid_{part}"] = {"values": sorted(sel), **m}
                     print(f"{name:<30} {ax:<8} hybrid, held-out {part} {sorted(sel)}: median {m['median_ape']:.1f}"
                           f"  P90 {m['p90_ape']:.1f}  within10 {m['within_10pct'] * 100:.0f}%")
+        for ax, v in res.items():       # which phase's error the total's error is made of
+            pr = v["predictions"]
+            recs = [lat[k] for k in pr["keys"]]
+            y = np.array([record_latency_ms(r) for r in recs])
+            report[name][ax]["hybrid_with_measured_phase"] = {}
+            for ph, pp in pr["hybrid_phases"].items():
+                meas = np.array([r.get(f"{ph}_ms") if r.get(f"{ph}_ms") is not None else np.nan for r in recs])
+                m = metrics(np.array(pr["hybrid"]) - np.array(pp) + meas, y)
+                report[name][ax]["hybrid_with_measured_phase"][ph] = m
+                print(f"{name:<30} {ax:<8} hybrid with the measured {ph:<8} phase: median {m['median_ape']:.1f}"
+                      f"  P90 {m['p90_ape']:.1f}  within10 {m['within_10pct'] * 100:.0f}%")
         floor = measurement_floor(pm)
         if floor.get("n"):
             ci = record_intervals(pm, coverage=0.9)
@@ -104,7 +133,6 @@ def main() -> None:
                 t = v[m]["latency"]
                 print(f"{name:<30} {ax:<8} {m:<10} median {t['median_ape']:5.1f}  P90 {t['p90_ape']:5.1f}"
                       f"  within10 {t['within_10pct'] * 100:4.0f}%", flush=True)
-    out = os.path.join(ROOT, "benchmarks/results/costmodel_protocol_ab.json")
     atomic_write_text(out, json.dumps(report, indent=1))
 
 
