@@ -11,8 +11,8 @@ the hybrid, the analytical model alone and a random forest on each map (maps tha
 not there are skipped). For a map measured in passes, also its own measurement floor
 (costmodel/noise.py: first half of the passes against the second; the error a model
 that knew each configuration's long-run median would still show, by bootstrap over the
-passes) and the share of the hybrid's held-out predictions inside each record's 90 %
-bootstrap interval. Per axis, the hybrid's error is also split into held-out end values
+passes; per phase too where the passes record phase times) and the share of the
+hybrid's held-out predictions inside each record's 90 % bootstrap interval. Per axis, the hybrid's error is also split into held-out end values
 of the axis (extrapolation) and interior ones, and scored again with each measured
 phase time in place of its prediction (the total is the sum of the phases, so this is
 the error left if that phase were predicted exactly: which phase the error comes from).
@@ -121,6 +121,17 @@ def main(argv=None) -> None:
             print(f"{name:<30} floor: half vs half median {h['median_ape']:.1f}  P90 {h['p90_ape']:.1f}  within10 "
                   f"{h['within_10pct'] * 100:.0f}%; bootstrap median {b['median_ape']:.1f}  P90 {b['p90_ape']:.1f}"
                   f"  within10 {b['within_10pct'] * 100:.0f}%")
+            for ph in ("compute", "staging", "comm"):      # each phase's floor beside its held-out error
+                fp = measurement_floor(pm, target=ph)
+                if not fp.get("n"):
+                    continue
+                report[name].setdefault("measurement_floor_phases", {})[ph] = fp
+                held = "; ".join(f"{ax} {v['hybrid'][ph]['median_ape']:.1f} / {v['hybrid'][ph]['p90_ape']:.1f}"
+                                 for ax, v in res.items() if v["hybrid"][ph]["n"])
+                print(f"{name:<30} {ph:<8} phase floor median {fp['median_ape']:.1f}  P90 {fp['p90_ape']:.1f}"
+                      f"  within10 {fp['within_10pct'] * 100:.0f}%; hybrid held out (median / P90): {held}")
+                for ax, v in res.items():
+                    report[name][ax].setdefault("hybrid_phase", {})[ph] = v["hybrid"][ph]
             for ax, v in res.items():
                 pr = v["predictions"]
                 inside = [ci[k][0] <= p <= ci[k][1] for k, p in zip(pr["keys"], pr["hybrid"])

@@ -85,6 +85,10 @@ def cmd_validate(a):
     floor = measurement_floor(pm)     # maps measured in passes: the data's own noise
     if floor.get("n"):
         out["measurement_floor"] = floor
+        phases = {ph: measurement_floor(pm, target=ph) for ph in ("compute", "staging", "comm")}
+        phases = {ph: f for ph, f in phases.items() if f.get("n")}   # maps whose passes record them
+        if phases:
+            out["measurement_floor_phases"] = phases
     rc = 0
     if a.max_mape is not None:
         ok = mape is not None and mape <= a.max_mape

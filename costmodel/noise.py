@@ -17,6 +17,13 @@ estimates of that floor come from the map itself, no model involved:
 Pass medians are used, not the pooled samples: repeats inside one pass run back to back
 and share that minute's host state, so resampling them would understate the noise.
 Records without `passes` (one burst) are skipped and counted.
+
+`target` picks what is resampled: "latency" (the total, the default) or one phase
+("compute", "staging", "comm"): each pass's phase time, which maps record in
+`passes.<phase>_ms` from the profile change that added them on (older maps: skipped).
+A phase's floor against the model's held-out error on that phase says which phase's
+error is noise and which is the model. Records whose phase time is 0 (single's comm)
+have no relative error and are skipped.
 """
 from __future__ import annotations
 
@@ -25,25 +32,38 @@ import numpy as np
 from .perfmap import PerfMap, load_perfmap, record_key, record_latency_ms
 
 MIN_PASSES = 4
+TARGETS = ("latency", "compute", "staging", "comm")
 
 
-def pass_medians(r: dict) -> np.ndarray | None:
-    """The record's per-pass latency medians (ms), or None when it was measured in fewer
-    than MIN_PASSES passes."""
-    p = (r.get("passes") or {}).get("latency_median_ms")
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; known: {list(TARGETS)}")
+
+
+def pass_medians(r: dict, target: str = "latency") -> np.ndarray | None:
+    """The record's per-pass medians (ms) of `target` (the latency or one phase), or None
+    when it was measured in fewer than MIN_PASSES passes or does not record them."""
+    _check_target(target)
+    p = (r.get("passes") or {}).get("latency_median_ms" if target == "latency" else f"{target}_ms")
     if not p:
         return None
     v = np.asarray([x for x in p if x is not None], dtype=float)
     return v if v.size >= MIN_PASSES else None
 
 
-def _records(perfmap) -> tuple[list, list]:
-    """(record, pass medians) of the records measured in >= MIN_PASSES passes, and all
-    usable records."""
+def _reference(r: dict, target: str) -> float:
+    """The record's value of `target` (ms): what the map reports and a model is scored on."""
+    return record_latency_ms(r) if target == "latency" else float(r.get(f"{target}_ms") or 0.0)
+
+
+def _records(perfmap, target: str = "latency") -> tuple[list, list]:
+    """(record, pass medians) of the records measured in >= MIN_PASSES passes (with a
+    positive value of `target`), and all usable records."""
+    _check_target(target)
     pm = perfmap if isinstance(perfmap, PerfMap) else load_perfmap(perfmap)
     recs = pm.usable()
-    with_passes = [(r, pass_medians(r)) for r in recs]
-    return [(r, v) for r, v in with_passes if v is not None], recs
+    with_passes = [(r, pass_medians(r, target)) for r in recs]
+    return [(r, v) for r, v in with_passes if v is not None and _reference(r, target) > 0], recs
 
 
 def _by_strategy(rows: list, ape: np.ndarray) -> dict:
@@ -59,9 +79,9 @@ def _summary(a: np.ndarray) -> dict:
             "within_10pct": float(np.mean(a <= 10.0))}
 
 
-def halves(perfmap) -> dict:
+def halves(perfmap, *, target: str = "latency") -> dict:
     """|median(first half of passes) / median(second half) - 1| (%) per configuration."""
-    return _halves(*_records(perfmap))
+    return _halves(*_records(perfmap, target))
 
 
 def _halves(rows: list, recs: list) -> dict:
@@ -78,19 +98,19 @@ def _boot(v: np.ndarray, n_boot: int, rng) -> np.ndarray:
     return np.median(v[rng.integers(0, v.size, size=(n_boot, v.size))], axis=1)
 
 
-def measurement_floor(perfmap, *, n_boot: int = 400, seed: int = 0) -> dict:
-    """Bootstrap floor: APE (%) of resampled medians against each record's median, pooled
-    over records and resamples (`n` counts resamples, `n_records` records); plus the
-    halves comparison."""
+def measurement_floor(perfmap, *, target: str = "latency", n_boot: int = 400, seed: int = 0) -> dict:
+    """Bootstrap floor of `target` (the latency or one phase): APE (%) of resampled
+    medians against each record's value, pooled over records and resamples (`n` counts
+    resamples, `n_records` records); plus the halves comparison."""
     if n_boot < 10:
         raise ValueError(f"n_boot must be >= 10, got {n_boot}")
-    rows, recs = _records(perfmap)
-    out = {"method": f"bootstrap over pass medians ({n_boot} resamples per record)",
+    rows, recs = _records(perfmap, target)
+    out = {"method": f"bootstrap over pass medians ({n_boot} resamples per record)", "target": target,
            "halves": _halves(rows, recs)}
     if not rows:
         return {**out, "n": 0, "skipped": len(recs)}
     rng = np.random.default_rng(seed)
-    ape = [np.abs(_boot(v, n_boot, rng) / record_latency_ms(r) - 1) * 100 for r, v in rows]
+    ape = [np.abs(_boot(v, n_boot, rng) / _reference(r, target) - 1) * 100 for r, v in rows]
     flat = np.concatenate(ape)
     strat = [r["strategy"] for r, _ in rows]
     return {**out, **_summary(flat), "n_records": len(rows), "skipped": len(recs) - len(rows),

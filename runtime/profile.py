@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Optional
 
+from .energy import PHASE_KEYS
+
 log = logging.getLogger("runtime.profile")
 
 RAW_KIND = "prism-edge.perfmap.raw"
@@ -256,8 +258,10 @@ def _with_passes(configs: list, passes: int) -> list:
 def combine_passes(rows: list) -> dict:
     """One perf-map record from the rows of one configuration's passes: latency median
     = the median of the passes' medians (p10 / p90 over every repeat of every pass),
-    phases and energy = medians over passes, `passes` = each pass's median and their
-    spread. Rows with an error are left out while at least one pass measured."""
+    phases and energy = medians over passes, `passes` = each pass's latency median and
+    their spread, and each pass's phase times (compute_ms / staging_ms / comm_ms lists,
+    for the per-phase floor in costmodel/noise.py). Rows with an error are left out while
+    at least one pass measured."""
     import numpy as np
 
     good = [r for r in rows if not r.get("error")]
@@ -275,7 +279,7 @@ def combine_passes(rows: list) -> dict:
     out["latency_ms"] = {"median": med, "p10": float(p10), "p90": float(p90), "n": len(samples),
                          "samples": samples}
     out["per_sample_ms"] = med / rep["batch"]
-    for k in ("compute_ms", "staging_ms", "comm_ms"):
+    for k in PHASE_KEYS:
         out[k] = float(statistics.median(r[k] for r in good))
     for k in ("energy_j", "energy_est_j"):
         vals = [r.get(k) for r in good]
@@ -286,7 +290,8 @@ def combine_passes(rows: list) -> dict:
         out["host_foreign_cpu_pct"] = max(foreign)
     out["passes"] = {"n": len(good), "n_errors": len(rows) - len(good),
                      "latency_median_ms": [round(m, 4) for m in meds],
-                     "spread_pct": round((max(meds) / min(meds) - 1) * 100, 2)}
+                     "spread_pct": round((max(meds) / min(meds) - 1) * 100, 2),
+                     **{k: [None if r.get(k) is None else round(r[k], 4) for r in good] for k in PHASE_KEYS}}
     return out
 
 
@@ -573,8 +578,7 @@ def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
         elif joules is not None and joules > 0:
             row["energy_j"], row["energy_source"] = joules / n_rep, meter.source
         if estimate is not None:
-            phases = {k: [r["timing"]["totals"][k] for r in every]
-                      for k in ("compute_ms", "staging_ms", "comm_ms")}
+            phases = {k: [r["timing"]["totals"][k] for r in every] for k in PHASE_KEYS}
             est, label = estimate({**phases, "wall_ms": med}, world_size)
             if est and est > 0:
                 row["energy_est_j"], row["energy_model"] = float(est), label

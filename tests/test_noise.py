@@ -67,6 +67,29 @@ def test_floor_scales_with_the_noise():
     assert 3.0 < hi / lo < 5.0
 
 
+def test_phase_floor_follows_that_phase_noise_alone():
+    # a quiet compute phase and a noisy comm phase: each phase's floor follows its own noise
+    pm, _ = _with_passes(0.02)
+    rng = np.random.default_rng(3)
+    for r in pm.records:
+        for ph, sigma in (("compute", 0.01), ("comm", 0.10)):
+            v = max(r.get(f"{ph}_ms") or 0.0, 1.0) * (1 + sigma * rng.standard_normal(20))
+            r["passes"][f"{ph}_ms"] = v.tolist()
+            r[f"{ph}_ms"] = float(np.median(v))
+    comp = measurement_floor(pm, target="compute", n_boot=100)
+    comm = measurement_floor(pm, target="comm", n_boot=100)
+    assert comp["target"] == "compute" and comp["n_records"] == len(pm.usable())
+    assert 6.0 < comm["p90_ape"] / comp["p90_ape"] < 14.0          # 10x the noise
+    assert pass_medians(pm.records[0], "comm").size == 20
+    # a map whose passes do not record the phase (older maps), a phase that is 0 (single's comm)
+    assert measurement_floor(pm, target="staging")["n"] == 0
+    for r in pm.records:
+        r["comm_ms"] = 0.0
+    assert measurement_floor(pm, target="comm")["n"] == 0
+    with pytest.raises(ValueError, match=r"unknown target 'energy'; known: \['latency', 'compute'"):
+        measurement_floor(pm, target="energy")
+
+
 def test_record_intervals_cover_the_true_value():
     pm, truth = _with_passes(0.05, k=20)
     ci = record_intervals(pm, coverage=0.9, n_boot=300)
@@ -102,3 +125,4 @@ def test_cli_validate_reports_the_floor(tmp_path):
     out = json.loads(r.stdout)
     assert out["measurement_floor"]["n_records"] == out["n_rows"]
     assert 0 < out["measurement_floor"]["median_ape"] < 5
+    assert "measurement_floor_phases" not in out      # these passes record no phase times

@@ -228,7 +228,9 @@ def test_combine_passes_takes_the_median_of_the_passes():
     assert r["compute_ms"] == 7.0 and r["comm_ms"] == 4.0          # medians over passes
     assert r["energy_est_j"] == 1.0 and r["energy_j"] is None
     assert r["wall_s"] == 3.0 and r["host_foreign_cpu_pct"] == 0.09
-    assert r["passes"] == {"n": 3, "n_errors": 1, "latency_median_ms": [10.0, 14.0, 11.0], "spread_pct": 40.0}
+    assert r["passes"] == {"n": 3, "n_errors": 1, "latency_median_ms": [10.0, 14.0, 11.0], "spread_pct": 40.0,
+                           "compute_ms": [6.0, 7.0, 9.0], "staging_ms": [0.0, 0.0, 0.0],
+                           "comm_ms": [4.0, 7.0, 2.0]}
     one = combine_passes([_row(k, 10.0, 6.0)])                   # one pass: the row as it is
     assert one == _row(k, 10.0, 6.0) and "passes" not in one
     dead = combine_passes([{"key": k, "error": "x"}, {"key": k + "#pass2", "error": "y"}])
