@@ -12,10 +12,11 @@ not there are skipped). For a map measured in passes, also its own measurement f
 (costmodel/noise.py: first half of the passes against the second; the error a model
 that knew each configuration's long-run median would still show, by bootstrap over the
 passes; per phase too where the passes record phase times) and the share of the
-hybrid's held-out predictions inside each record's 90 % bootstrap interval. Per axis, the hybrid's error is also split into held-out end values
-of the axis (extrapolation) and interior ones, and scored again with each measured
-phase time in place of its prediction (the total is the sum of the phases, so this is
-the error left if that phase were predicted exactly: which phase the error comes from).
+hybrid's held-out predictions inside each record's 90 % bootstrap interval. Per axis,
+the hybrid's error is also split into held-out end values of the axis (extrapolation)
+and interior ones, and scored again with each measured phase time in place of its
+prediction (the total is the sum of the phases, so this is the error left if that phase
+were predicted exactly: which phase the error comes from).
 
     python benchmarks/costmodel_protocol_ab.py              # ~5 min per map on 2 cores
     python benchmarks/costmodel_protocol_ab.py --score p2m  # score one map again; the others'
