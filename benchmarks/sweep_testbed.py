@@ -15,11 +15,11 @@ out/sweeps/; the perf maps go to data/perfmaps/):
   p2a: vit_tiny's part of p2 again with adaptive repeats (at least 5, up to 25, until the
       median's robust relative standard error is <= 1.5 %, at most 10 s of repeats per
       configuration): the measurement-protocol A/B behind the cost-model accuracy (issue 4).
-  p2m: vit_tiny's part of p2 a third time, as 20 passes over the whole grid (5 repeats
+  p2m: vit_tiny's part of p2 a third time, as 36 passes over the whole grid (5 repeats
       each; a record's median = the median of its passes' medians) with a host check
       before and after: does spreading repeats over time beat repeating in one burst?
-      (issue 4; run with 3 passes, then resumed with 6, 10 and 20: each resumption
-      measured only the new passes, ~7.7 min per pass)
+      (issue 4; run with 3 passes, then resumed with 6, 10, 20 and 36: each resumption
+      measured only the new passes, ~7-7.7 min per pass)
   tp3: tensor_parallel and galaxy at P=3 (vit_tiny, the p3 subset): checks the cost
       model's message-step count 2(P-1) out of sample (P=3 shares the 2 cores).
   tp: the head/column-split baselines (issue 8): tensor_parallel and galaxy, the same
@@ -56,7 +56,7 @@ PARTS = {
                 max_repeats="25", target_se="0.015", repeat_budget="10"),
     "p2m": dict(model="vit_tiny_patch16_224", strategy="single,voltage,prism", batch="1,2,4,8,16,32",
                 bw="200,300,500,700,900", cr="3.3,4.95,9.9", img_size="96,160,224", world_size="2",
-                passes="20", host_check=True),
+                passes="36", host_check=True),
     "tp3": dict(model="vit_tiny_patch16_224", strategy="tensor_parallel,galaxy", batch="1,4,16",
                 bw="200,500,900", cr="9.9", img_size="96,224", world_size="3"),
     "tp": dict(strategy="tensor_parallel,galaxy", batch="1,2,4,8,16", bw="200,300,500,700,900",
