@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
 
 from bench_costmodel import lovo  # noqa: E402
-from costmodel.noise import measurement_floor, record_intervals  # noqa: E402
+from costmodel.noise import PHASE_TARGETS, measurement_floor, record_intervals  # noqa: E402
 from costmodel.model import metrics  # noqa: E402
 from costmodel.perfmap import PerfMap, atomic_write_text, load_perfmap, record_key, record_latency_ms  # noqa: E402
 
@@ -122,7 +122,7 @@ def main(argv=None) -> None:
             print(f"{name:<30} floor: half vs half median {h['median_ape']:.1f}  P90 {h['p90_ape']:.1f}  within10 "
                   f"{h['within_10pct'] * 100:.0f}%; bootstrap median {b['median_ape']:.1f}  P90 {b['p90_ape']:.1f}"
                   f"  within10 {b['within_10pct'] * 100:.0f}%")
-            for ph in ("compute", "staging", "comm"):      # each phase's floor beside its held-out error
+            for ph in PHASE_TARGETS:      # each phase's floor beside its held-out error
                 fp = measurement_floor(pm, target=ph)
                 if not fp.get("n"):
                     continue

@@ -74,7 +74,7 @@ def cmd_predict(a) -> dict:
 
 
 def cmd_validate(a):
-    from .noise import measurement_floor
+    from .noise import PHASE_TARGETS, measurement_floor
     from .perfmap import load_perfmap
 
     cm, which = _model(a)
@@ -85,7 +85,7 @@ def cmd_validate(a):
     floor = measurement_floor(pm)     # maps measured in passes: the data's own noise
     if floor.get("n"):
         out["measurement_floor"] = floor
-        phases = {ph: measurement_floor(pm, target=ph) for ph in ("compute", "staging", "comm")}
+        phases = {ph: measurement_floor(pm, target=ph) for ph in PHASE_TARGETS}
         phases = {ph: f for ph, f in phases.items() if f.get("n")}   # maps whose passes record them
         if phases:
             out["measurement_floor_phases"] = phases

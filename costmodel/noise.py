@@ -32,7 +32,8 @@ import numpy as np
 from .perfmap import PerfMap, load_perfmap, record_key, record_latency_ms
 
 MIN_PASSES = 4
-TARGETS = ("latency", "compute", "staging", "comm")
+PHASE_TARGETS = ("compute", "staging", "comm")     # phases the passes record (passes.<phase>_ms)
+TARGETS = ("latency",) + PHASE_TARGETS
 
 
 def _check_target(target: str) -> None:
