@@ -223,6 +223,27 @@ def _fingerprint(recs: list) -> str:
 
 # ----------------------------------------------------------------------------- model
 
+def _energy_target(T: dict):
+    """The energy the model is fitted on: measured energy_j, or the labelled estimate
+    energy_est_j when fewer than 3 rows have a measurement and >= 3 an estimate."""
+    if np.isfinite(T["energy"]).sum() < 3 and np.isfinite(T["energy_est"]).sum() >= 3:
+        return T["energy_est"], "energy_est_j"
+    return T["energy"], "energy_j"
+
+
+def _model_shapes(pm: PerfMap, recs: list) -> list:
+    """Each model's shape, in the order the records first name it."""
+    out, seen = [], set()
+    for r in recs:
+        if r["model"] not in seen:
+            seen.add(r["model"])
+            s = pm.shape(r["model"], r["seq_len"])
+            out.append({"name": s.name, "seq_len": s.seq_len, "d": s.d, "heads": s.heads,
+                        "d_ff": s.d_ff, "n_layers": s.n_layers,
+                        "embed_flops": s.embed_flops, "head_flops": s.head_flops})
+    return out
+
+
 class CostModel:
     """Hybrid latency / energy model of single, Voltage and Prism inference.
 
@@ -369,70 +390,98 @@ class CostModel:
 
     # ------------------------------------------------------------------ fit
     def fit(self, perfmap: "PerfMap | str | os.PathLike") -> "CostModel":
-        """Fit on a perf map (a PerfMap or a path); returns self."""
+        """Fit on a perf map (a PerfMap or a path); returns self.
+
+        The steps: the records' feature table; K-fold out-of-fold predictions of every
+        layer (_out_of_fold); the residual weights chosen on them and the out-of-fold
+        hybrid (_weigh_out_of_fold); the final layers on every row (_fit_layers); the
+        interval and CV report from the out-of-fold errors (_fit_interval_and_cv); what
+        the model was fitted on (_describe_training)."""
         self._check_settings()
         pm = perfmap if isinstance(perfmap, PerfMap) else load_perfmap(perfmap)
         recs = [r for r in pm.usable(breakdown=True) if r["strategy"] in STRATEGIES]
         T = _records_table(pm, recs, self.unshaped_bw)
-        n = len(recs)
-        all_idx = np.arange(n)
-        energy_target, target_name = T["energy"], "energy_j"
-        if np.isfinite(T["energy"]).sum() < 3 and np.isfinite(T["energy_est"]).sum() >= 3:
-            energy_target, target_name = T["energy_est"], "energy_est_j"
+        energy_target, target_name = _energy_target(T)
+        ov_rows = self._overlap_rows(T)
+        oof = self._out_of_fold(T, energy_target, ov_rows)
+        lam, lam_ov, oof_ph = self._weigh_out_of_fold(T, oof, ov_rows)
+        self._fit_layers(T, energy_target, target_name, ov_rows, lam, lam_ov)
+        self._fit_interval_and_cv(T, energy_target, oof, oof_ph, lam, lam_ov)
+        self._describe_training(pm, recs, T, energy_target)
+        return self
 
-        # K-fold out-of-fold predictions: analytical, residual corrections, energy
+    def _overlap_rows(self, T: dict) -> dict:
+        """{overlap strategy: its row indices}, for those with >= min_rows rows."""
+        ov_rows = {s: np.flatnonzero(T["f"]["strategy"] == s) for s in OVERLAP_STRATEGIES}
+        return {s: r for s, r in ov_rows.items() if r.size >= self.min_rows}
+
+    def _out_of_fold(self, T: dict, energy_target: np.ndarray, ov_rows: dict) -> dict:
+        """K-fold out-of-fold predictions: analytical phases (`ana`), residual log
+        corrections (`res`), the overlap layers' pair of both (`ov`), energy powers
+        (`pow`); `folds` is K."""
+        n = T["total"].size
+        all_idx = np.arange(n)
         k = max(2, min(self.cv_folds, n))
         rng = np.random.default_rng(self.random_state)
         fold = rng.permutation(np.arange(n) % k)
-        oof_ana = {p: np.full(n, np.nan) for p in PHASES}
-        oof_res = {p: np.zeros(n) for p in PHASES}
-        ov_rows = {s: np.flatnonzero(T["f"]["strategy"] == s) for s in OVERLAP_STRATEGIES}
-        ov_rows = {s: r for s, r in ov_rows.items() if r.size >= self.min_rows}
-        oof_ov = {s: ({p: np.full(n, np.nan) for p in PHASES}, {p: np.zeros(n) for p in PHASES})
-                  for s in ov_rows}
-        oof_pow = np.full((n, len(ENERGY_BASIS)), np.nan)
+        oof = {"folds": k,
+               "ana": {p: np.full(n, np.nan) for p in PHASES},
+               "res": {p: np.zeros(n) for p in PHASES},
+               "ov": {s: ({p: np.full(n, np.nan) for p in PHASES}, {p: np.zeros(n) for p in PHASES})
+                      for s in ov_rows},
+               "pow": np.full((n, len(ENERGY_BASIS)), np.nan)}
         for j in range(k):
             tr, te = all_idx[fold != j], all_idx[fold == j]
             if tr.size == 0 or te.size == 0:
                 continue
-            prm = self._fit_analytical(T, tr)
-            ftr = {kk: v[tr] for kk, v in T["f"].items()}
-            fte = {kk: v[te] for kk, v in T["f"].items()}
-            a_te = self._predict_analytical(prm, fte)
-            res = self._fit_residual(T, tr, self._predict_analytical(prm, ftr))
+            self._out_of_fold_one(T, energy_target, ov_rows, tr, te, oof)
+        return oof
+
+    def _out_of_fold_one(self, T, energy_target, ov_rows, tr, te, oof) -> None:
+        """One fold: fit every layer on `tr`, write its predictions of `te` into oof."""
+        prm = self._fit_analytical(T, tr)
+        ftr = {kk: v[tr] for kk, v in T["f"].items()}
+        fte = {kk: v[te] for kk, v in T["f"].items()}
+        a_te = self._predict_analytical(prm, fte)
+        res = self._fit_residual(T, tr, self._predict_analytical(prm, ftr))
+        for p in PHASES:
+            oof["ana"][p][te] = a_te[p]
+            if res.get(p) is not None:
+                oof["res"][p][te] = res[p].predict(_residual_X(fte, a_te[p]))
+        for s, rows in ov_rows.items():
+            s_tr, s_te = np.intersect1d(rows, tr), np.intersect1d(rows, te)
+            if s_tr.size < self.min_rows or s_te.size == 0:
+                continue
+            layer = self._fit_overlap_layer(T, s_tr, prm, residual_weight=None)
+            fs = {kk: v[s_te] for kk, v in T["f"].items()}
+            a_s, r_s = self._overlap_phases(layer, prm, fs)
             for p in PHASES:
-                oof_ana[p][te] = a_te[p]
-                if res.get(p) is not None:
-                    oof_res[p][te] = res[p].predict(_residual_X(fte, a_te[p]))
-            for s, rows in ov_rows.items():
-                s_tr, s_te = np.intersect1d(rows, tr), np.intersect1d(rows, te)
-                if s_tr.size < self.min_rows or s_te.size == 0:
-                    continue
-                layer = self._fit_overlap_layer(T, s_tr, prm, residual_weight=None)
-                fs = {kk: v[s_te] for kk, v in T["f"].items()}
-                a_s, r_s = self._overlap_phases(layer, prm, fs)
-                for p in PHASES:
-                    oof_ov[s][0][p][s_te], oof_ov[s][1][p][s_te] = a_s[p], r_s[p]
-            ep = self._fit_energy(T, tr, energy_target)
-            if ep is not None:
-                oof_pow[te] = ep
-        lam = self._choose_lambda(T, oof_ana, oof_res, all_idx)
+                oof["ov"][s][0][p][s_te], oof["ov"][s][1][p][s_te] = a_s[p], r_s[p]
+        ep = self._fit_energy(T, tr, energy_target)
+        if ep is not None:
+            oof["pow"][te] = ep
+
+    def _weigh_out_of_fold(self, T: dict, oof: dict, ov_rows: dict):
+        """Residual weights (base layer on every row, each overlap layer on its rows) and
+        the out-of-fold hybrid phases with them; the overlap layers' analytical phases
+        replace their strategies' rows of oof['ana']. Returns (lam, lam_ov, oof_ph)."""
+        oof_ana, oof_res = oof["ana"], oof["res"]
+        lam = self._choose_lambda(T, oof_ana, oof_res, np.arange(T["total"].size))
         oof_ph = {p: np.where(oof_ana[p] > 0, oof_ana[p] * np.exp(lam[p] * oof_res[p]), oof_ana[p])
                   for p in PHASES}
         lam_ov = {}
         for s, rows in ov_rows.items():     # the overlap layer replaces its strategy's rows
-            a_s, r_s = oof_ov[s]
+            a_s, r_s = oof["ov"][s]
             lam_ov[s] = self._choose_lambda(T, a_s, r_s, rows)
             for p in PHASES:
                 oof_ana[p][rows] = a_s[p][rows]
                 oof_ph[p][rows] = np.where(a_s[p][rows] > 0, a_s[p][rows] * np.exp(lam_ov[s][p] * r_s[p][rows]),
                                            a_s[p][rows])
-        oof_tot = sum(oof_ph[p] for p in PHASES)
-        oof_ana_tot = sum(oof_ana[p] for p in PHASES)
-        oof_E = np.einsum("ij,ij->i", self._energy_X(T["f"], oof_ph), np.nan_to_num(oof_pow))
-        oof_E[~np.isfinite(oof_pow).all(axis=1)] = np.nan
+        return lam, lam_ov, oof_ph
 
-        # final fit on everything
+    def _fit_layers(self, T, energy_target, target_name, ov_rows, lam, lam_ov) -> None:
+        """The final fit of every layer on all rows."""
+        all_idx = np.arange(T["total"].size)
         self.params_ = self._fit_analytical(T, all_idx)
         ana = self._predict_analytical(self.params_, T["f"])
         self.residual_ = self._fit_residual(T, all_idx, ana)
@@ -442,37 +491,40 @@ class CostModel:
         self.energy_params_ = self._fit_energy(T, all_idx, energy_target)
         self.energy_target_ = target_name if self.energy_params_ is not None else None
 
+    def _fit_interval_and_cv(self, T, energy_target, oof, oof_ph, lam, lam_ov) -> None:
+        """Split-conformal intervals and the cross-validation report, from the
+        out-of-fold predictions."""
+        oof_ana, oof_pow = oof["ana"], oof["pow"]
+        oof_tot = sum(oof_ph[p] for p in PHASES)
+        oof_ana_tot = sum(oof_ana[p] for p in PHASES)
+        oof_E = np.einsum("ij,ij->i", self._energy_X(T["f"], oof_ph), np.nan_to_num(oof_pow))
+        oof_E[~np.isfinite(oof_pow).all(axis=1)] = np.nan
         self.interval_ = {"level": self.interval,
                           "latency": self._conformal(np.log(T["total"] / oof_tot)),
                           "energy": self._conformal(np.log(energy_target / oof_E))}
-        self.cv_ = {"folds": k, "residual_weight": lam, **({"overlap_residual_weight": lam_ov} if lam_ov else {}),
+        self.cv_ = {"folds": oof["folds"], "residual_weight": lam,
+                    **({"overlap_residual_weight": lam_ov} if lam_ov else {}),
                     "hybrid": {"latency": metrics(oof_tot, T["total"]),
                                **{p: metrics(oof_ph[p], T["phases"][p]) for p in PHASES[:3]},
                                "energy": metrics(oof_E, energy_target)},
                     "analytical": {"latency": metrics(oof_ana_tot, T["total"]),
                                    **{p: metrics(oof_ana[p], T["phases"][p]) for p in PHASES[:3]}}}
+
+    def _describe_training(self, pm: PerfMap, recs: list, T: dict, energy_target: np.ndarray) -> None:
+        """What the model was fitted on: strategies, axis ranges, model shapes, the
+        exchange kind, and the training summary (source, rows, fingerprint)."""
         f = T["f"]
         self.strategies_ = sorted({str(s) for s in f["strategy"]})
         self.ranges_ = {}
         for ax in AXES:
             v = f[ax][np.isfinite(f[ax])]
             self.ranges_[ax] = [float(v.min()), float(v.max())] if v.size else None
-        self.models_ = []
-        seen = set()
-        for r in recs:
-            key = r["model"]
-            if key not in seen:
-                seen.add(key)
-                s = pm.shape(r["model"], r["seq_len"])
-                self.models_.append({"name": s.name, "seq_len": s.seq_len, "d": s.d, "heads": s.heads,
-                                     "d_ff": s.d_ff, "n_layers": s.n_layers,
-                                     "embed_flops": s.embed_flops, "head_flops": s.head_flops})
+        self.models_ = _model_shapes(pm, recs)
         ex = [r.get("exchange", "pairwise") for r in recs]
         self.exchange_ = max(set(ex), key=ex.count)
-        self.training_ = {"source": pm.source, "n_rows": n, "fingerprint": _fingerprint(recs),
+        self.training_ = {"source": pm.source, "n_rows": len(recs), "fingerprint": _fingerprint(recs),
                           "unshaped_bw": self.unshaped_bw,
                           "n_energy_rows": int(np.isfinite(energy_target).sum())}
-        return self
 
     def _choose_lambda(self, T: dict, oof_ana: dict, oof_res: dict, rows: np.ndarray) -> dict:
         """Residual weight per phase: the one of LAMBDAS with the least mean |log error| of
