@@ -10,7 +10,8 @@ assumed 1000 Mbit/s). Any perf map path works (the testbed maps when they land);
 the axes the Jetson figures lack.
 
 For every axis with >= 2 values (batch, bw, cr, seq_len, world_size): leave one value
-out, fit on the rest, predict the held-out rows; median APE, P90 APE and the share
+out, fit on the rest, predict the held-out rows (costmodel.evaluate.held_out, also
+`python -m costmodel evaluate held-out MAP`); median APE, P90 APE and the share
 within +-10 % for total latency and each phase, for the hybrid, the calibrated analytical
 model alone, and a random forest on raw features (strategy, batch, bw, cr, seq_len,
 world_size). Rows an axis does not apply to (single's bw/cr) always stay in training.
@@ -34,121 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from costmodel.evaluate import TARGETS, held_out
+from costmodel.model import CostModel
+from costmodel.perfmap import PerfMap, load_perfmap, merge_perfmaps
 
-from costmodel.model import CostModel, metrics  # noqa: E402
-from costmodel.perfmap import (PerfMap, axis_values, load_perfmap, merge_perfmaps,  # noqa: E402
-                               record_key, record_latency_ms)
+REPO = Path(__file__).resolve().parent.parent
 
 JETSON = REPO / "data" / "perfmaps" / "jetson_orin_nano_paper.json"
 TP_MAPS = (REPO / "data" / "perfmaps" / "testbed_vit_p2.json", REPO / "data" / "perfmaps" / "testbed_vit_tp.json")
 TP_SUBSETS = {"tensor_parallel + galaxy": ("tensor_parallel", "galaxy"), "tensor_parallel": ("tensor_parallel",),
               "galaxy": ("galaxy",), "all strategies": None}
-TARGETS = ("latency", "compute", "staging", "comm")
-AXES = ("batch", "bw", "cr", "seq_len", "world_size")
-
-
-def _targets(recs):
-    tot = np.array([record_latency_ms(r) for r in recs])
-    out = {"latency": tot}
-    for p in ("compute", "staging", "comm"):
-        out[p] = np.array([r[f"{p}_ms"] for r in recs], float)
-    return out
-
-
-def _raw_X(recs, unshaped_bw, strategies=("single", "voltage", "prism")):
-    rows = []
-    for r in recs:
-        bw = r.get("bw")
-        if bw is None and r["strategy"] != "single":
-            bw = unshaped_bw
-        rows.append([float(r["strategy"] == s) for s in strategies]
-                    + [r["batch"], bw or 0.0, r.get("cr") or 0.0, r["seq_len"], r["world_size"]])
-    return np.array(rows, float)
-
-
-def _predict(cm, recs, unshaped_bw):
-    out = {t: np.full(len(recs), np.nan) for t in TARGETS}
-    models = np.array([r["model"] for r in recs], dtype=object)
-    for name in np.unique(models):
-        idx = np.flatnonzero(models == name)
-        rs = [recs[i] for i in idx]
-        bw = [r["bw"] if r.get("bw") is not None else (unshaped_bw if r["strategy"] != "single" else np.nan)
-              for r in rs]
-        p = cm.predict(np.array([r["batch"] for r in rs]), np.array(bw, float),
-                       np.array([np.nan if r.get("cr") is None else r["cr"] for r in rs]),
-                       strategy=np.array([r["strategy"] for r in rs], dtype=object),
-                       seq_len=np.array([r["seq_len"] for r in rs]),
-                       world_size=np.array([r["world_size"] for r in rs]), model=name, warn=False)
-        for t in TARGETS:
-            out[t][idx] = p["latency_ms" if t == "latency" else f"{t}_ms"]
-    return out
-
-
-def lovo(pm: PerfMap, *, unshaped_bw, quick: bool, axes=AXES, subsets=None, variants=None,
-         keep_predictions: bool = False) -> dict:
-    """Leave-one-value-out along each axis; pooled predictions per axis per model.
-
-    subsets: {name: strategies or None} -> res[axis]["subsets"][name] holds the same
-    metrics over those strategies' rows only. variants: {name: CostModel kwargs} extra
-    hybrid models (an ablation), scored like the others. keep_predictions: also
-    res[axis]["predictions"] = {"keys": record keys, model: held-out latency (ms),
-    "hybrid_phases": {phase: the hybrid's held-out phase time (ms)}}."""
-    from sklearn.ensemble import RandomForestRegressor
-
-    recs = pm.usable(breakdown=True)
-    Y = _targets(recs)
-    strat = np.array([r["strategy"] for r in recs], dtype=object)
-    onehot = ("single", "voltage", "prism") + tuple(
-        s for s in ("tensor_parallel", "galaxy") if s in set(strat))   # old maps: the same 3 columns
-    kw = dict(unshaped_bw=unshaped_bw, cv_folds=3 if quick else 5,
-              residual_estimators=60 if quick else 150)
-    models = [("hybrid", kw), ("analytical", dict(kw, residual=False))]
-    models += [(name, dict(kw, **v)) for name, v in (variants or {}).items()]
-    res = {}
-    for ax in axes:
-        vals = axis_values(recs, ax)
-        if len(vals) < 2:
-            continue
-        P = {m: {t: np.full(len(recs), np.nan) for t in TARGETS} for m in [n for n, _ in models] + ["forest"]}
-        for v in vals:
-            te = np.array([r.get(ax) == v for r in recs])
-            tr = ~te
-            if tr.sum() < 6:
-                continue
-            train = PerfMap(meta=dict(pm.meta), records=[r for r, t in zip(recs, tr) if t])
-            test = [r for r, t in zip(recs, te) if t]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for name, mkw in models:
-                    cm = CostModel(**mkw)
-                    try:
-                        cm.fit(train)
-                    except ValueError as e:
-                        print(f"  skip {ax}={v} {name}: {e}", file=sys.stderr)
-                        continue
-                    p = _predict(cm, test, unshaped_bw)
-                    for t in TARGETS:
-                        P[name][t][te] = p[t]
-            rf = RandomForestRegressor(n_estimators=100 if quick else 300, random_state=0, n_jobs=1)
-            Ytr = np.stack([Y[t][tr] for t in TARGETS], axis=1)
-            rf.fit(_raw_X([r for r, t in zip(recs, tr) if t], unshaped_bw, onehot), Ytr)
-            pr = rf.predict(_raw_X(test, unshaped_bw, onehot))
-            for j, t in enumerate(TARGETS):
-                P["forest"][t][te] = pr[:, j]
-        res[ax] = {"values": vals, **{m: {t: metrics(P[m][t], Y[t]) for t in TARGETS} for m in P}}
-        if keep_predictions:
-            res[ax]["predictions"] = {"keys": [record_key(r) for r in recs],
-                                      **{m: P[m]["latency"].tolist() for m in P},
-                                      "hybrid_phases": {t: P["hybrid"][t].tolist() for t in TARGETS if t != "latency"}}
-        if subsets:
-            res[ax]["subsets"] = {}
-            for name, ss in subsets.items():
-                mk = np.ones(len(recs), bool) if ss is None else np.isin(strat, list(ss))
-                res[ax]["subsets"][name] = {"n_rows": int(mk.sum()), **{
-                    m: {t: metrics(P[m][t][mk], Y[t][mk]) for t in TARGETS} for m in P}}
-    return res
 
 
 def crossovers(cm: CostModel, *, bw_ref: float, batches, cr: float, seq_len=None) -> dict:
@@ -254,7 +150,7 @@ def run_tp(paths, quick, out):
     print(f"\n##### merged {' + '.join(Path(p).name for p in paths)}: {len(rows)} usable rows "
           f"({n_tp} tensor_parallel/galaxy), source={pm.source}")
     t0 = time.time()
-    res = lovo(pm, unshaped_bw=None, quick=quick, axes=("batch", "bw", "seq_len"), subsets=TP_SUBSETS,
+    res = held_out(pm, unshaped_bw=None, quick=quick, axes=("batch", "bw", "seq_len"), subsets=TP_SUBSETS,
                variants=TP_VARIANTS)
     print_lovo_subsets(res, TP_SUBSETS, TP_VARIANTS)
     print(f"(leave-one-value-out took {time.time() - t0:.0f} s)")
@@ -269,7 +165,7 @@ def run_tp(paths, quick, out):
 def run_map(name, pm, unshaped_bw, quick, out):
     print(f"\n##### {name}: {len(pm.usable(breakdown=True))} usable rows, source={pm.source}")
     t0 = time.time()
-    res = lovo(pm, unshaped_bw=unshaped_bw, quick=quick)
+    res = held_out(pm, unshaped_bw=unshaped_bw, quick=quick)
     print_lovo(name, res)
     print(f"(leave-one-value-out took {time.time() - t0:.0f} s)")
     out["maps"][name] = {"lovo": res}

@@ -29,44 +29,17 @@ import warnings
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from costmodel.decision import DecisionTable
+from costmodel.evaluate import requested_cr as _cr, situations
+from costmodel.model import CostModel
+from costmodel.noise import record_intervals
+from costmodel.perfmap import PerfMap, atomic_write_text, load_perfmap, record_key, record_latency_ms
 
-from costmodel.decision import DecisionTable  # noqa: E402
-from costmodel.model import CostModel  # noqa: E402
-from costmodel.noise import record_intervals  # noqa: E402
-from costmodel.perfmap import PerfMap, atomic_write_text, load_perfmap, record_key, record_latency_ms  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _energy(r):
     return r.get("energy_j") if r.get("energy_j") is not None else r.get("energy_est_j")
-
-
-def _cr(r):
-    """The CR the sweep asked for (the resolved L_p/m differs slightly per token count)."""
-    return r.get("cr_requested") or r["cr"]
-
-
-def _label(r) -> str:
-    return f"prism(cr={_cr(r):g})" if r["strategy"] == "prism" else r["strategy"]
-
-
-def situations(pm: PerfMap, crs, strategies=("voltage",)):
-    """{(model, seq, P, batch, bw): {label: record}} with every candidate measured."""
-    single = {(r["model"], r["seq_len"], r["batch"]): r for r in pm.usable() if r["strategy"] == "single"}
-    out = {}
-    for r in pm.usable():
-        if r["strategy"] == "single" or r.get("bw") is None:
-            continue
-        key = (r["model"], r["seq_len"], r["world_size"], r["batch"], float(r["bw"]))
-        out.setdefault(key, {})[_label(r)] = r
-    full = {}
-    want = set(strategies) | {f"prism(cr={c:g})" for c in crs}
-    for key, d in out.items():
-        s = single.get((key[0], key[1], key[3]))
-        if s is not None and want <= set(d):
-            full[key] = {"single": s, **{k: d[k] for k in want}}
-    return full
 
 
 def _spread(r) -> float:
@@ -178,7 +151,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_decision.json"))
     a = ap.parse_args()
     warnings.simplefilter("ignore")
-    report = {"schema_version": 1, "maps": {}}
+    report = {"schema_version": 1, "command": "python benchmarks/bench_decision.py " + " ".join(sys.argv[1:]),
+              "maps": {}}
     print(f"{'perf map':<34}{'objective':<10}{'n':>5}{'oracle-correct':>16}{'mean regret':>13}{'max regret':>12}"
           f"{'within spread':>15}")
     maps = [(p, load_perfmap(p)) for p in a.perfmap]

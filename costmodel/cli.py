@@ -1,4 +1,4 @@
-"""`python -m costmodel fit | predict | validate | report` — JSON on stdout, logs on stderr.
+"""`python -m costmodel fit | predict | validate | report | evaluate | plot` — JSON on stdout, logs on stderr.
 
 Exit codes: 0 ok; 1 a check failed (`validate --max-mape`); 2 bad input (one line on
 stderr: unreadable or invalid perf map, corrupt model file, impossible query).
@@ -137,9 +137,66 @@ def _parser():
                            help="exit 1 when the latency MAPE (%%) exceeds this")
         if name == "report":
             p.add_argument("--list", action="store_true", help="list the shipped profiles")
-    from .plots import add_cli as add_plot_cli   # `plot`: figures (costmodel/plots.py)
+    _evaluate_parser(sub)
+    from .plots import add_cli as add_plot_cli   # `plot`: figures (costmodel/plots/)
     add_plot_cli(sub)
     return ap
+
+
+def _evaluate_parser(sub) -> None:
+    e = sub.add_parser("evaluate", help="held-out evaluation and the testbed analyses (JSON)")
+    es = e.add_subparsers(dest="what", required=True)
+    h = es.add_parser("held-out", help="leave one value out per axis: hybrid vs analytical vs random forest")
+    h.add_argument("perfmap", nargs="+", help="perf map(s); several are merged")
+    h.add_argument("--axes", nargs="+", default=None, help="axes to hold out (default: every axis)")
+    h.add_argument("--unshaped-bw", type=float, default=None, help="Mbit/s for distributed rows with bw null")
+    h.add_argument("--quick", action="store_true", help="3 folds, 60 trees (default 5, 150)")
+    c = es.add_parser("cross-session", help="session B predicted from session A, and decisions (both ways)")
+    c.add_argument("maps", nargs=2, metavar="MAP", help="two perf maps of the same grid (vit_tiny rows)")
+    c.add_argument("--blend", type=float, nargs="+", default=[],
+                   help="weights w in (0, 1) of A's measurement against the model (decisions)")
+    p = es.add_parser("protocol-ab", help="the p2 / p2a / p2m measurement protocols compared")
+    p.add_argument("--score", nargs="+", choices=["p2", "p2a", "p2m"], default=None,
+                   help="score only these maps; the others keep their entries from --out")
+    p.add_argument("--data", default=None, help="data folder (default: the repository's data/)")
+    x = es.add_parser("extrapolation", help="a profile's error on rows outside its fit (default P = 3)")
+    x.add_argument("perfmap", nargs="*", help="maps to score (default testbed_vit_tp3 + testbed_vit_p3)")
+    x.add_argument("--profile", default="testbed-vit-tp")
+    x.add_argument("--world-size", type=int, default=3)
+    for q in (h, c, p, x):
+        q.add_argument("--out", default=None, help="also write the JSON here (with the command that made it)")
+
+
+def cmd_evaluate(a, argv) -> dict:
+    from . import analysis, evaluate
+
+    if a.what == "held-out":
+        from .perfmap import load_perfmap, merge_perfmaps
+
+        pm = load_perfmap(a.perfmap[0]) if len(a.perfmap) == 1 else merge_perfmaps(*a.perfmap)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = evaluate.held_out(pm, unshaped_bw=a.unshaped_bw, quick=a.quick,
+                                    axes=tuple(a.axes or evaluate.AXES))
+        out = {"perfmap": " + ".join(a.perfmap), "held_out": res}
+    elif a.what == "cross-session":
+        out = analysis.cross_session(*a.maps, blend=a.blend)
+    elif a.what == "protocol-ab":
+        from pathlib import Path
+
+        last = json.loads(Path(a.out).read_text()) if a.score and a.out and Path(a.out).exists() else None
+        out = analysis.protocol_ab(a.data, score=a.score, last=last)
+    else:
+        maps = a.perfmap or [str(evaluate.data_dir() / "perfmaps" / f) for f in
+                             ("testbed_vit_tp3.json", "testbed_vit_p3.json")]
+        out = analysis.extrapolation(a.profile, maps, world_size=a.world_size)
+    out = {"command": "python -m costmodel " + " ".join(argv), **out}
+    if a.out:
+        from .perfmap import atomic_write_text
+
+        atomic_write_text(a.out, json.dumps(_jsonable(out), indent=1) + "\n")
+        print(f"wrote {a.out}", file=sys.stderr)
+    return out
 
 
 def main(argv=None) -> int:
@@ -148,6 +205,7 @@ def main(argv=None) -> int:
     from .perfmap import PerfMapError
 
     ap = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         a = ap.parse_args(argv)
     except SystemExit as e:
@@ -159,6 +217,8 @@ def main(argv=None) -> int:
             if a.cmd == "plot":
                 from .plots import run_cli as run_plot_cli
                 out = run_plot_cli(a)
+            elif a.cmd == "evaluate":
+                out = cmd_evaluate(a, argv)
             elif a.cmd == "fit":
                 out = cmd_fit(a)
             elif a.cmd == "predict":

@@ -33,13 +33,13 @@ from pathlib import Path
 
 from IPython.display import display
 
-from costmodel import plots
+from costmodel import evaluate, plots
 from costmodel.perfmap import load_perfmap
 
-DATA = plots.data_dir()
+DATA = evaluate.data_dir()
 FIG_DIR = Path(os.environ.get("PRISM_EDGE_FIGURES", DATA.parent / "out" / "figures"))
 JETSON = DATA / "perfmaps" / "jetson_orin_nano_paper.json"
-TESTBED = plots.testbed_maps()
+TESTBED = evaluate.testbed_maps()
 print("figures go to", FIG_DIR)
 print("testbed perf maps:", [str(p) for p in TESTBED] or "none")
 
@@ -48,8 +48,8 @@ print("testbed perf maps:", [str(p) for p in TESTBED] or "none")
 
 # %%
 jetson = load_perfmap(JETSON)
-table, sel = plots.measured_table(jetson)
-choice = plots.adaptive_choice(table)
+table, sel = evaluate.measured_table(jetson)
+choice = evaluate.adaptive_choice(table)
 print(f"{'strategy':8} {'batch':>5} {'compute':>8} {'staging':>8} {'comm':>8} {'total ms':>9}")
 for s, t in table.items():
     for i, b in enumerate(t["batch"]):
@@ -93,12 +93,12 @@ else:
     print(f"{TESTBED[0].name}: source={testbed.source}, {len(testbed.usable())} usable records")
     figs = {}
     for which in ("max", "min"):
-        t, s = plots.measured_table(testbed, bw=which)
+        t, s = evaluate.measured_table(testbed, bw=which)
         if which == "min" and s["bw"] == figs.get("max"):
             break
         figs[which] = s["bw"]
         f = plots.plot_breakdown(testbed, bw=which,
                                  title=f"Latency breakdown vs batch, testbed ({TESTBED[0].name})")
         plots.save_figure(f, FIG_DIR / f"testbed_breakdown_{which}_bw.png")
-        print(f"bw = {s['bw']} Mbit/s: adaptive choice", plots.adaptive_choice(t))
+        print(f"bw = {s['bw']} Mbit/s: adaptive choice", evaluate.adaptive_choice(t))
         display(f)

@@ -33,14 +33,14 @@ from pathlib import Path
 from IPython.display import display
 
 import costmodel
-from costmodel import plots
+from costmodel import evaluate, plots
 from costmodel.model import CostModel
 from costmodel.perfmap import load_perfmap
 
-DATA = plots.data_dir()
+DATA = evaluate.data_dir()
 FIG_DIR = Path(os.environ.get("PRISM_EDGE_FIGURES", DATA.parent / "out" / "figures"))
 JETSON = DATA / "perfmaps" / "jetson_orin_nano_paper.json"
-TESTBED = plots.testbed_maps()
+TESTBED = evaluate.testbed_maps()
 
 
 def show_gains(g):
@@ -61,7 +61,7 @@ def show_gains(g):
 # %%
 jetson = load_perfmap(JETSON)
 profile = costmodel.load_profile("jetson-orin-nano")
-g = plots.adaptive_gains(jetson, model=profile)
+g = evaluate.adaptive_gains(jetson, model=profile)
 show_gains(g)
 
 # %% [markdown]
@@ -103,7 +103,7 @@ else:
         warnings.simplefilter("ignore")
         cm = CostModel(cv_folds=3, residual_estimators=60).fit(testbed)
     for which in ("max", "min"):
-        gt = plots.adaptive_gains(testbed, model=cm, bw=which)
+        gt = evaluate.adaptive_gains(testbed, model=cm, bw=which)
         print(f"\n{TESTBED[0].name} ({testbed.source}), bw = {gt['selection']['bw']} Mbit/s")
         show_gains(gt)
     f = plots.plot_per_sample(testbed, model=cm, bw="max",

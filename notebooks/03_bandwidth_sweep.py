@@ -37,14 +37,14 @@ import numpy as np
 from IPython.display import display
 
 import costmodel
-from costmodel import plots
+from costmodel import evaluate, plots
 from costmodel.model import CostModel
 from costmodel.perfmap import load_perfmap
 
-DATA = plots.data_dir()
+DATA = evaluate.data_dir()
 FIG_DIR = Path(os.environ.get("PRISM_EDGE_FIGURES", DATA.parent / "out" / "figures"))
 JETSON = DATA / "perfmaps" / "jetson_orin_nano_paper.json"
-TESTBED = plots.testbed_maps()
+TESTBED = evaluate.testbed_maps()
 
 # %% [markdown]
 # ## Jetson profile
@@ -59,7 +59,7 @@ profile = costmodel.load_profile("jetson-orin-nano")
 jetson = load_perfmap(JETSON)
 claim = next(c["bw"] for c in jetson.meta["claims"] if c["kind"] == "bw_crossover")
 for b in (4, 8, 16, 32):
-    sw = plots.bandwidth_sweep(profile, batch=b, cr=9.9)
+    sw = evaluate.bandwidth_sweep(profile, batch=b, cr=9.9)
     x = sw["crossover_bw"]["prism"]
     v = sw["crossover_bw"]["voltage"]
     print(f"batch {b:2d}: Prism beats single above "
@@ -89,11 +89,11 @@ else:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cm = CostModel(cv_folds=3, residual_estimators=60).fit(testbed)
-    sel = plots.select_slice(testbed)
+    sel = evaluate.select_slice(testbed)
     batches = sorted({r["batch"] for r in testbed.usable() if r["strategy"] != "single"})[-3:]
     print(f"{TESTBED[0].name} ({testbed.source}): bw range {cm.ranges_['bw']} Mbit/s, slice {sel}")
     for b in batches:
-        sw = plots.bandwidth_sweep(cm, batch=b, cr=sel["cr"], bws=plots.default_bws(cm),
+        sw = evaluate.bandwidth_sweep(cm, batch=b, cr=sel["cr"], bws=evaluate.default_bws(cm),
                                    seq_len=sel["seq_len"], world_size=sel["world_size"], model_name=sel["model"])
         x = sw["crossover_bw"]["prism"]
         print(f"batch {b:3d}: Prism beats single above " + (f"{x:.0f} Mbit/s" if x else "-- (none in range)"))

@@ -34,13 +34,13 @@ from pathlib import Path
 from IPython.display import display
 
 import costmodel
-from costmodel import plots
+from costmodel import evaluate, plots
 from costmodel.perfmap import load_perfmap
 
-DATA = plots.data_dir()
+DATA = evaluate.data_dir()
 FIG_DIR = Path(os.environ.get("PRISM_EDGE_FIGURES", DATA.parent / "out" / "figures"))
 JETSON = DATA / "perfmaps" / "jetson_orin_nano_paper.json"
-TESTBED = plots.testbed_maps()
+TESTBED = evaluate.testbed_maps()
 QUICK = dict(cv_folds=3, residual_estimators=60)
 
 
@@ -59,8 +59,8 @@ def show(summary):
 
 # %%
 unshaped = costmodel.load_profile("jetson-orin-nano").training_["unshaped_bw"]
-res = plots.leave_one_value_out(load_perfmap(JETSON), unshaped_bw=unshaped, **QUICK)
-show(plots.validation_summary(res))
+res = evaluate.leave_one_value_out(load_perfmap(JETSON), unshaped_bw=unshaped, **QUICK)
+show(evaluate.validation_summary(res))
 fig = plots.plot_validation(res, level=0.8,
                             title="Cost-model validation, leave one batch out (Jetson paper, Table 2)")
 plots.save_figure(fig, FIG_DIR / "jetson_validation.png")
@@ -75,9 +75,9 @@ if not TESTBED:
           "is skipped. Set PRISM_EDGE_TESTBED_MAP to a perf map to use another one.")
 else:
     testbed = load_perfmap(TESTBED[0])
-    res_t = plots.leave_one_value_out(testbed, **QUICK)
+    res_t = evaluate.leave_one_value_out(testbed, **QUICK)
     print(f"{TESTBED[0].name} ({testbed.source}); folds skipped: {res_t['skipped'] or 'none'}")
-    show(plots.validation_summary(res_t))
+    show(evaluate.validation_summary(res_t))
     f = plots.plot_validation(res_t, level=0.8,
                               title=f"Cost-model validation, leave one value out (testbed, {TESTBED[0].name})")
     plots.save_figure(f, FIG_DIR / "testbed_validation.png")

@@ -33,14 +33,14 @@ import numpy as np
 from IPython.display import display
 
 import costmodel
-from costmodel import plots
+from costmodel import evaluate, plots
 from costmodel.decision import choose
 from costmodel.model import CostModel
 from costmodel.perfmap import load_perfmap
 
-DATA = plots.data_dir()
+DATA = evaluate.data_dir()
 FIG_DIR = Path(os.environ.get("PRISM_EDGE_FIGURES", DATA.parent / "out" / "figures"))
-TESTBED = plots.testbed_maps()
+TESTBED = evaluate.testbed_maps()
 
 # %% [markdown]
 # ## Jetson profile: ViT-B/16 at 224 px (N = 197) and at 384 px (N = 577)
@@ -53,7 +53,7 @@ TESTBED = plots.testbed_maps()
 # %%
 profile = costmodel.load_profile("jetson-orin-nano")
 for n in (197, 577):
-    g = plots.decision_grid(profile, seq_len=n)
+    g = evaluate.decision_grid(profile, seq_len=n)
     cells = {plots.mode_name(lab): float(np.mean(g["best"] == i)) for i, lab in enumerate(g["labels"])}
     print(f"N = {n}: share of (batch 1-32, bw 50-1000) cells per mode:",
           {k: f"{100 * v:.0f} %" for k, v in cells.items() if v > 0})
@@ -80,9 +80,9 @@ else:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cm = CostModel(cv_folds=3, residual_estimators=60).fit(testbed)
-    sel = plots.select_slice(testbed)
+    sel = evaluate.select_slice(testbed)
     ns = sorted({r["seq_len"] for r in testbed.usable() if r["model"] == sel["model"]})
-    seq_lens = (ns[0], ns[-1]) if len(ns) > 1 else (ns[0], plots.longer_seq_len(ns[0]))
+    seq_lens = (ns[0], ns[-1]) if len(ns) > 1 else (ns[0], evaluate.longer_seq_len(ns[0]))
     print(f"{TESTBED[0].name} ({testbed.source}): model {sel['model']}, seq_lens {seq_lens}, "
           f"world size {sel['world_size']}")
     f = plots.plot_decision_map(cm, seq_lens=seq_lens, world_size=sel["world_size"], perfmap=testbed,

@@ -1,4 +1,4 @@
-"""costmodel.plots on small inputs: the numbers behind each figure, labelled axes and
+"""costmodel.plots on small inputs: the numbers behind each figure (costmodel.evaluate), labelled axes and
 legends, atomic PNG writes, the `plot` CLI, and no torch import."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from costmodel import plots  # noqa: E402
+from costmodel import evaluate, plots  # noqa: E402
 from costmodel.cli import main as cli_main  # noqa: E402
 from costmodel.model import CostModel  # noqa: E402
 from costmodel.perfmap import PerfMap, load_perfmap, save_perfmap  # noqa: E402
@@ -52,14 +52,14 @@ def _legend_texts(fig):
 
 def test_measured_table_and_adaptive_choice_on_the_paper_map():
     pm = load_perfmap(JETSON)
-    table, sel = plots.measured_table(pm)
+    table, sel = evaluate.measured_table(pm)
     assert sel["bw"] is None and sel["cr"] == 9.9 and sel["world_size"] == 2
     v = table["voltage"]
     i = list(v["batch"]).index(1)
     assert v["staging_ms"][i] == 94.0 and v["latency_ms"][i] == 351.0     # Table 2
     # other = total - phases, never negative
     assert np.all(v["other_ms"] >= 0)
-    assert plots.adaptive_choice(table) == {1: "single", 2: "single", 4: "single",
+    assert evaluate.adaptive_choice(table) == {1: "single", 2: "single", 4: "single",
                                             8: "prism", 16: "prism", 32: "prism"}
 
 
@@ -67,20 +67,20 @@ def test_adaptive_choice_picks_the_lowest_latency():
     t = {"single": {"batch": np.array([1, 2]), "latency_ms": np.array([10.0, 30.0])},
          "prism": {"batch": np.array([1, 2]), "latency_ms": np.array([12.0, 20.0])},
          "voltage": {"batch": np.array([2]), "latency_ms": np.array([19.0])}}
-    assert plots.adaptive_choice(t) == {1: "single", 2: "voltage"}
+    assert evaluate.adaptive_choice(t) == {1: "single", 2: "voltage"}
 
 
 def test_select_slice_resolves_bw_and_cr(small_map):
-    hi = plots.select_slice(small_map)
-    lo = plots.select_slice(small_map, bw="min", cr="min")
+    hi = evaluate.select_slice(small_map)
+    lo = evaluate.select_slice(small_map, bw="min", cr="min")
     assert (hi["bw"], hi["cr"]) == (400.0, 9.9)
     assert (lo["bw"], lo["cr"]) == (100.0, 4.95)
     with pytest.raises(ValueError, match="not in the perf map"):
-        plots.select_slice(small_map, model="nope")
+        evaluate.select_slice(small_map, model="nope")
 
 
 def test_adaptive_gains_match_table4():
-    g = plots.adaptive_gains(load_perfmap(JETSON))
+    g = evaluate.adaptive_gains(load_perfmap(JETSON))
     lat = dict(zip(g["batch"].tolist(), g["gain_pct"]["latency_vs_voltage"]))
     assert lat[1] == pytest.approx(100 * (351.0 - 80.6) / 351.0)
     assert lat[32] == pytest.approx(100 * (3843.0 - 1339.8) / 3843.0)
@@ -91,7 +91,7 @@ def test_adaptive_gains_match_table4():
 def test_adaptive_gains_fill_missing_energy_from_the_model_and_flag_it():
     import costmodel
 
-    g = plots.adaptive_gains(load_perfmap(JETSON), model=costmodel.load_profile())
+    g = evaluate.adaptive_gains(load_perfmap(JETSON), model=costmodel.load_profile())
     j = list(g["batch"]).index(8)
     assert np.isfinite(g["energy_j"]["single"][j]) and g["energy_source"]["single"][j] == "model"
     assert g["gain_from_model"]["energy_vs_single"][j]
@@ -100,24 +100,24 @@ def test_adaptive_gains_fill_missing_energy_from_the_model_and_flag_it():
 
 def test_crossover_bw():
     bws = [100, 200, 300, 400]
-    assert plots.crossover_bw(bws, [3, 2, 1, 0.5], [1.5] * 4) == pytest.approx(250.0)
-    assert plots.crossover_bw(bws, [1, 1, 1, 1], [2] * 4) is None         # always faster
-    assert plots.crossover_bw(bws, [3, 3, 3, 3], [2] * 4) is None         # never faster
+    assert evaluate.crossover_bw(bws, [3, 2, 1, 0.5], [1.5] * 4) == pytest.approx(250.0)
+    assert evaluate.crossover_bw(bws, [1, 1, 1, 1], [2] * 4) is None         # always faster
+    assert evaluate.crossover_bw(bws, [3, 3, 3, 3], [2] * 4) is None         # never faster
     # crosses, goes back above, crosses again: the last crossing counts
-    assert plots.crossover_bw(bws, [2, 1, 2, 0], [1.5] * 4) == pytest.approx(325.0)
+    assert evaluate.crossover_bw(bws, [2, 1, 2, 0], [1.5] * 4) == pytest.approx(325.0)
 
 
 def test_bandwidth_sweep_on_the_jetson_profile_brackets_the_paper():
     import costmodel
 
-    x = {b: plots.bandwidth_sweep(costmodel.load_profile(), batch=b, cr=9.9)["crossover_bw"]
+    x = {b: evaluate.bandwidth_sweep(costmodel.load_profile(), batch=b, cr=9.9)["crossover_bw"]
          for b in (8, 16, 32)}
     assert all(250 <= x[b]["prism"] <= 450 for b in x), x          # paper: near 340 Mbit/s
     assert all(x[b]["voltage"] is None for b in x)                # Voltage never beats single
 
 
 def test_leave_one_value_out_never_predicts_training_rows(small_map):
-    res = plots.leave_one_value_out(small_map, cv_folds=2, residual_estimators=20)
+    res = evaluate.leave_one_value_out(small_map, cv_folds=2, residual_estimators=20)
     recs = small_map.usable(breakdown=True)
     by_axis = {a: int((res["axis"] == a).sum()) for a in set(res["axis"])}
     assert by_axis["batch"] == len(recs)
@@ -125,12 +125,12 @@ def test_leave_one_value_out_never_predicts_training_rows(small_map):
     assert by_axis["cr"] == sum(r["cr"] is not None for r in recs)
     assert np.isfinite(res["predicted_ms"]).all()
     assert np.all(res["lo_ms"] <= res["predicted_ms"]) and np.all(res["predicted_ms"] <= res["hi_ms"])
-    s = plots.validation_summary(res)
+    s = evaluate.validation_summary(res)
     assert set(s) == {"batch", "bw", "cr"} and all(0 <= v["coverage"] <= 1 for v in s.values())
 
 
 def test_decision_grid_gain_is_zero_where_single_is_chosen(small_model):
-    g = plots.decision_grid(small_model, batches=(1, 2, 4, 8, 16), bws=np.arange(50.0, 501.0, 50.0))
+    g = evaluate.decision_grid(small_model, batches=(1, 2, 4, 8, 16), bws=np.arange(50.0, 501.0, 50.0))
     single = g["labels"].index("single")
     assert np.all(g["gain_single_pct"][g["best"] == single] == 0)
     assert np.all(g["gain_single_pct"] >= 0)
@@ -171,12 +171,12 @@ def test_plot_bandwidth_labels_and_crossover_annotation():
 
 
 def test_plot_validation_and_decision_map(small_map, small_model):
-    res = plots.leave_one_value_out(small_map, axes=("bw",), cv_folds=2, residual_estimators=20)
+    res = evaluate.leave_one_value_out(small_map, axes=("bw",), cv_folds=2, residual_estimators=20)
     fig = plots.plot_validation(res, level=0.8)
     assert all(_labelled(ax) for ax in fig.axes)
     assert any("held out: bw" in t for t in _legend_texts(fig))
     with pytest.raises(ValueError, match="no held-out predictions"):
-        plots.plot_validation(plots.leave_one_value_out(small_map, axes=("world_size",)))
+        plots.plot_validation(evaluate.leave_one_value_out(small_map, axes=("world_size",)))
     fig = plots.plot_decision_map(small_model, seq_lens=(65, 197), batches=(1, 2, 4, 8),
                                   bws=np.arange(50.0, 501.0, 50.0))
     image_axes = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
@@ -194,14 +194,14 @@ def test_save_figure_is_atomic_and_writes_png(tmp_path, small_map):
 
 def test_testbed_maps_env(monkeypatch, tmp_path):
     monkeypatch.setenv("PRISM_EDGE_TESTBED_MAP", "none")
-    assert plots.testbed_maps() == []
+    assert evaluate.testbed_maps() == []
     monkeypatch.setenv("PRISM_EDGE_TESTBED_MAP", f"{tmp_path}/a.json")
-    assert plots.testbed_maps() == [tmp_path / "a.json"]
+    assert evaluate.testbed_maps() == [tmp_path / "a.json"]
     monkeypatch.delenv("PRISM_EDGE_TESTBED_MAP")
     (tmp_path / "perfmaps").mkdir()
     for n in ("testbed_b.json", "testbed_a.json", "other.json"):
         (tmp_path / "perfmaps" / n).write_text("{}")
-    assert [p.name for p in plots.testbed_maps(tmp_path)] == ["testbed_a.json", "testbed_b.json"]
+    assert [p.name for p in evaluate.testbed_maps(tmp_path)] == ["testbed_a.json", "testbed_b.json"]
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -227,7 +227,7 @@ def test_cli_plot_bad_input_exits_2(tmp_path, capsys):
 
 def test_plots_and_cli_do_not_import_torch():
     code = ("import sys, costmodel.plots, costmodel.cli; "
-            "from costmodel import plots; plots.plot_breakdown(plots.data_dir() / 'perfmaps' / "
+            "from costmodel import evaluate, plots; plots.plot_breakdown(evaluate.data_dir() / 'perfmaps' / "
             "'jetson_orin_nano_paper.json'); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
