@@ -62,7 +62,7 @@ def _exchange_worker(rank, world, port, mode, nbytes, reps, out):
     import torch
     import torch.distributed as dist
 
-    from runtime import exchange as xch
+    from runtime.parallel import exchange as xch
 
     torch.set_num_threads(1)
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[rank % len(os.sched_getaffinity(0))]})
@@ -105,7 +105,7 @@ def bench_exchange(world: int, nbytes: int, reps: int) -> dict:
 
 _SHAPED = """
 import json, os, statistics, sys, time, torch, torch.distributed as dist
-from runtime import exchange as xch
+from runtime.parallel import exchange as xch
 torch.set_num_threads(1)
 r, w = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 mode, nbytes, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -128,7 +128,7 @@ xch.destroy()
 def bench_exchange_shaped(bw: float, world: int, nbytes: int, reps: int) -> dict:
     """Both exchange modes over the emulated network (netns + tbf at `bw` Mbit/s);
     also bytes/bw, the time a perfectly used link needs for what one rank receives."""
-    from runtime.testbed import Testbed
+    from runtime.netem.testbed import Testbed
 
     out = {}
     with Testbed(world, bw, prefix="bench") as tb:

@@ -80,9 +80,9 @@ def job_table(rank, world, a):
     import torch
     import torch.distributed as dist
 
-    from runtime.exchange import gather_json
+    from runtime.parallel.exchange import gather_json
     from runtime.models import build_adapter
-    from runtime.strategies import DistContext, create_strategy
+    from runtime.parallel import DistContext, create_strategy
 
     ad = build_adapter(_spec(a))
     x = ad.make_inputs(1, seed=0)
@@ -113,10 +113,10 @@ def job_hetero(rank, world, a):
     import torch
     import torch.distributed as dist
 
-    from runtime.exchange import gather_json
+    from runtime.parallel.exchange import gather_json
     from runtime.models import build_adapter
-    from runtime.planner import cpu_quota, plan_splits, predict_ms, profile_speed
-    from runtime.strategies import DistContext, create_strategy
+    from runtime.parallel.planner import cpu_quota, plan_splits, predict_ms, profile_speed
+    from runtime.parallel import DistContext, create_strategy
 
     quota = a.quotas[rank] if rank < len(a.quotas) else None
     ad = build_adapter(_spec(a))
@@ -155,7 +155,7 @@ def job_hetero(rank, world, a):
 def _entry(rank, job, world, port, out_dir, a):
     import torch
 
-    from runtime import exchange as xch
+    from runtime.parallel import exchange as xch
 
     torch.set_num_threads(a.threads)
     xch.init_process_group(rank, world, timeout_s=a.timeout, master_addr="127.0.0.1", master_port=port)
@@ -173,7 +173,7 @@ def _worker(job, args_json):
     rank 0 prints the rows as one JSON line."""
     import torch
 
-    from runtime import exchange as xch
+    from runtime.parallel import exchange as xch
 
     a = argparse.Namespace(**json.loads(args_json))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -191,7 +191,7 @@ def launch(job, world, a) -> list:
     import torch.multiprocessing as mp
 
     if a.testbed_bw:
-        from runtime.testbed import Testbed
+        from runtime.netem.testbed import Testbed
 
         with Testbed(world, a.testbed_bw) as tb:
             a.link_mbps = tb.measure_bw()

@@ -32,7 +32,7 @@ def _free_port() -> int:
 def _entry(rank, fn, world, port, out_path, args, threads):
     import torch
 
-    from runtime import exchange as xch
+    from runtime.parallel import exchange as xch
 
     torch.set_num_threads(threads)
     xch.init_process_group(rank, world, timeout_s=TIMEOUT_S, master_addr="127.0.0.1",

@@ -47,10 +47,10 @@ def _metrics(logits, tgt, ref_pred, sizes):
 def _rank(rank, world, grid):
     import torch
 
-    from runtime.exchange import gather_rows_to_all
-    from runtime.hf_models import TextInputs
+    from runtime.parallel.exchange import gather_rows_to_all
+    from runtime.models.hf import TextInputs
     from runtime.models import ModelSpec, build_adapter
-    from runtime.strategies import DistContext, create_strategy
+    from runtime.parallel import DistContext, create_strategy
     from train_gpt2_tiny import SEQ, eval_batch
 
     ad = build_adapter(ModelSpec("gpt2", checkpoint=os.path.join(DATA, "gpt2_bytes"), seq_len=SEQ))

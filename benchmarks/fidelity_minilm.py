@@ -36,9 +36,9 @@ def _m_for(lp: int, cr) -> int:
 def _rank(rank, world, groups, grid):
     import torch
 
-    from runtime.hf_models import HFBertAdapter, TextInputs
+    from runtime.models.hf import HFBertAdapter, TextInputs
     from runtime.models import ModelSpec, build_adapter
-    from runtime.strategies import DistContext, create_strategy
+    from runtime.parallel import DistContext, create_strategy
 
     base = build_adapter(ModelSpec("all-minilm-l6-v2", seq_len=128)).model
     out = {"exact": {}, "runs": {i: {} for i in range(len(grid))}, "lp_m": {i: [] for i in range(len(grid))}}
@@ -89,7 +89,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     from transformers import AutoTokenizer
 
-    from runtime.hf_models import minilm_dir
+    from runtime.models.hf import minilm_dir
 
     with open(os.path.join(DATA, "sentences.txt")) as f:
         sents = [s.strip() for s in f if s.strip()]

@@ -27,7 +27,7 @@ def _rank(rank, world, grid):
     import torch
 
     from runtime.models import ModelSpec, build_adapter
-    from runtime.strategies import DistContext, create_strategy
+    from runtime.parallel import DistContext, create_strategy
     from train_vit_digits import SPEC, digits_split
 
     ad = build_adapter(ModelSpec(**SPEC, checkpoint=os.path.join(DATA, "vit_digits.safetensors")))

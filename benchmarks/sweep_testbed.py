@@ -77,7 +77,7 @@ def part_args(name: str, out_dir: str, raw_dir: str, models=MODELS, **over) -> l
 
 def spec_of(args: list):
     from runtime.cli import main  # noqa: F401 - registers the commands
-    from runtime.profile import add_profile_args, spec_from_args
+    from runtime.measure.driver import add_args as add_profile_args, spec_from_args
 
     ap = argparse.ArgumentParser()
     add_profile_args(ap)
@@ -99,8 +99,8 @@ def run_part(args: list) -> dict:
 def _config_cost(c, spec, gflops: dict, bw_eff: float) -> float:
     """Seconds to measure one configuration: (warmup + repeats) passes of the slowest
     rank's compute at the fitted rate plus its wire time at the measured rate."""
-    from costmodel.formulas import make_plan
-    from runtime.profile import model_shape
+    from costmodel.strategies import make_plan
+    from runtime.measure.spec import model_shape
 
     sh = model_shape(spec, c.model, c.img_size)
     p = make_plan(c.strategy, sh, world_size=c.world_size, batch=c.batch, cr=c.cr)
@@ -115,9 +115,9 @@ def _config_cost(c, spec, gflops: dict, bw_eff: float) -> float:
 def estimate(out_dir: str, raw_dir: str) -> dict:
     """Time a small subset of both models, fit GFLOP/s and the launch overhead, predict
     every part of the full sweep."""
-    from costmodel.formulas import make_plan
+    from costmodel.strategies import make_plan
     from costmodel.perfmap import load_perfmap
-    from runtime.profile import expand, model_shape
+    from runtime.measure.spec import expand, model_shape
 
     os.makedirs(raw_dir, exist_ok=True)
     calib = {"strategy": "single,voltage,prism", "batch": "1,4", "bw": "300", "cr": "9.9",
@@ -141,7 +141,7 @@ def estimate(out_dir: str, raw_dir: str) -> dict:
                 rates.append(fl / (r["latency_ms"]["median"] / 1e3) / 1e9)
         gf[m] = statistics.median(rates)
     bw_eff = statistics.median([c["bw_measured"] / c["bw"] for c in pm.meta["cluster"]["link_checks"]])
-    from runtime.profile import Config  # noqa: F401
+    from runtime.measure.spec import Config  # noqa: F401
     predicted_measure = sum(_config_cost(c, spec, gf, bw_eff) for c in expand(spec))
     n_launch = len({c.group for c in expand(spec)})
     n_checks = len({(c.world_size, c.bw) for c in expand(spec) if c.bw is not None})
@@ -176,7 +176,7 @@ def main() -> int:
     if a.estimate:
         print(json.dumps(estimate(a.out_dir, a.raw_dir), indent=1))
         return 0
-    from runtime.profile import expand
+    from runtime.measure.spec import expand
 
     parts = a.only or list(PARTS)
     for name in parts:

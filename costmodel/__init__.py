@@ -1,11 +1,14 @@
 """prism-edge cost model: torch-free analytical formulas and a fitted regression.
 
-`formulas` is imported eagerly (the runtime needs it); the fitted model, the one-call
-`predict` and the profile registry load scikit-learn/scipy only when first used.
+`formulas` (shapes, partitions) and `strategies` (each strategy's Formula, make_plan)
+are imported eagerly (the runtime needs them); the fitted model, the one-call `predict`,
+`choose` and the profile registry load scikit-learn/scipy only when first used.
 """
-from .formulas import ModelShape, Plan, make_plan, shape_for, vit_shape, block_flops  # noqa: F401
+from .formulas import ModelShape, Plan, shape_for, vit_shape, block_flops  # noqa: F401
+from .strategies import get_formula, list_strategies, make_plan, register_formula  # noqa: F401
 
 __all__ = ["ModelShape", "Plan", "make_plan", "shape_for", "vit_shape", "block_flops",
+           "get_formula", "list_strategies", "register_formula", "choose",
            "CostModel", "predict", "list_profiles", "load_profile", "load_perfmap",
            "save_perfmap", "validate_perfmap", "PerfMap"]
 
@@ -15,6 +18,7 @@ _LAZY = {
     "OutOfRangeWarning": ("model", "OutOfRangeWarning"),
     "QueryError": ("features", "QueryError"),
     "predict": ("api", "predict"),
+    "choose": ("decision", "choose"),
     "list_profiles": ("api", "list_profiles"),
     "load_profile": ("api", "load_profile"),
     "PerfMap": ("perfmap", "PerfMap"),

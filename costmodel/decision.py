@@ -4,7 +4,8 @@
     d = table.choose(8, 500)            # microseconds: a lookup in a precomputed table
     d["mode"], d["predicted"], d["source"], d["margin"]
 
-Torch-free. Candidates are (strategy, cr) pairs: ("single", None), ("voltage", None),
+Torch-free. Candidates are (strategy, cr) pairs from the strategy registry
+(costmodel.strategies.decision_candidates): ("single", None), ("voltage", None),
 ("prism", cr), and the head/column splits ("tensor_parallel", None) and ("galaxy", None)
 (runtime defaults: even splits, GLOO's ring all-reduce, tiles 1) when the cost model was
 fitted with their rows; a model fitted without them refuses them with one line naming the
@@ -22,14 +23,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .strategies import decision_candidates, get_formula, list_strategies, mode_label
+
 OBJECTIVES = ("latency", "energy")
-DEFAULT_CANDIDATES = (("single", None), ("voltage", None), ("prism", 3.3), ("prism", 4.95),
-                      ("prism", 9.9))
-TP_CANDIDATES = (("tensor_parallel", None), ("galaxy", None))   # add where the model has them
-
-
-def _label(strategy: str, cr: Optional[float]) -> str:
-    return strategy if cr is None else f"prism(cr={cr:g})"
+_label = mode_label
 
 
 def parse_objective(objective) -> dict:
@@ -56,20 +53,27 @@ class DecisionTable:
     accuracy budget accepts (prism candidates above it are dropped).
     """
 
-    def __init__(self, model, perfmap=None, *, candidates: Sequence = DEFAULT_CANDIDATES,
+    def __init__(self, model, perfmap=None, *, candidates: Optional[Sequence] = None,
                  objective="latency", max_cr: Optional[float] = None, seq_len: Optional[int] = None,
                  world_size: int = 2, batches: Sequence[int] = tuple(range(1, 65)),
                  bws: Optional[Sequence[float]] = None, model_name: Optional[str] = None):
         self.weights = parse_objective(objective)
+        if candidates is None:
+            candidates = decision_candidates()
         cands = [(s, None if c is None else float(c)) for s, c in candidates]
         for s, c in cands:
-            if c is not None and s != "prism":
-                raise ValueError(f"candidate ({s!r}, {c:g}): cr applies to prism only; use ({s!r}, None)")
+            try:
+                f = get_formula(s)
+            except ValueError as e:
+                raise ValueError(f"candidate ({s!r}, {c}): {e}") from None
+            if c is not None and not f.compresses:
+                raise ValueError(f"candidate ({s!r}, {c:g}): cr applies to "
+                                 f"{list_strategies(compresses=True)} only; use ({s!r}, None)")
         check = getattr(model, "check_strategies", None)
         if check is not None:
             check([s for s, _ in cands])                 # one line naming the known strategies
         if max_cr is not None:
-            prism = [c for s, c in cands if s == "prism"]
+            prism = [c for s, c in cands if c is not None]
             if prism and max_cr < min(prism):
                 raise ValueError(f"max_cr={max_cr:g} is below every prism candidate CR "
                                  f"{sorted(prism)}; allowed: max_cr >= {min(prism):g}")
@@ -108,7 +112,6 @@ class DecisionTable:
 
     def _overlay(self, pm) -> None:
         from .features import tp_is_default
-        from .formulas import TP_STRATEGIES
         from .model import record_tp_options
         from .perfmap import record_latency_ms
 
@@ -120,9 +123,10 @@ class DecisionTable:
                 continue
             # the requested CR names the candidate (the resolved L_p/m varies with N)
             s, cr = r["strategy"], r.get("cr_requested") or r.get("cr")
-            if s != "single" and r["world_size"] != self.world_size:
+            f = get_formula(s)
+            if f.distributed and r["world_size"] != self.world_size:
                 continue
-            if s in TP_STRATEGIES and not tp_is_default(s, pm.record_shape(r), r["world_size"],
+            if f.splits_weights and not tp_is_default(s, pm.record_shape(r), r["world_size"],
                                                         record_tp_options(r)):
                 continue                                        # candidates are the defaults
             for ci, (cs, cc) in enumerate(self.candidates):
@@ -131,7 +135,7 @@ class DecisionTable:
                 bi = np.searchsorted(self.batches, r["batch"])
                 if bi >= len(self.batches) or self.batches[bi] != r["batch"]:
                     continue
-                if s == "single":
+                if not f.distributed:
                     wi = slice(None)                            # no link: every bw
                 else:
                     if r.get("bw") is None:
@@ -210,7 +214,7 @@ class DecisionTable:
         lat, en = [], []
         for s, cr in self.candidates:
             p = self.model.predict(batch, bw, cr, strategy=s, seq_len=self.seq_len,
-                                   world_size=1 if s == "single" else self.world_size,
+                                   world_size=self.world_size if get_formula(s).distributed else 1,
                                    model=self.model_name)
             lat.append(float(p["latency_ms"]))
             en.append(float(p["energy_j"]))
@@ -240,13 +244,14 @@ _TABLES: dict = {}
 
 
 def choose(batch: int, bw: float, *, seq_len: Optional[int] = None, objective="latency",
-           max_cr: Optional[float] = None, candidates: Sequence = DEFAULT_CANDIDATES,
+           max_cr: Optional[float] = None, candidates: Optional[Sequence] = None,
            world_size: int = 2, profile: Optional[str] = None) -> dict:
     """One-call decision on a shipped profile (see DecisionTable.choose). The table for
     a (profile, seq_len, objective, max_cr, candidates, world_size) is built on first use
     and cached, so later calls cost microseconds."""
     from .api import load_profile
 
+    candidates = decision_candidates() if candidates is None else candidates
     key = (profile, seq_len, repr(parse_objective(objective)), max_cr, tuple(candidates), world_size)
     t = _TABLES.get(key)
     if t is None:

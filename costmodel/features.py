@@ -8,9 +8,10 @@ once with `formulas.make_plan(batch=1)` and multiplied by the batch array. That 
 Quantities are those of rank 0, the terminal device whose phase times a perf map
 records (docs/perfmap.md).
 
-Strategies: single, voltage, prism (row split, one pairwise exchange per block) and the
-head/column splits tensor_parallel and galaxy (runtime/tensor_parallel.py). The latter
-resolve with the runtime's defaults unless a record says otherwise (`tp` options):
+Strategies: every entry of the registry in costmodel/strategies.py: single, voltage,
+prism (row split, one pairwise exchange per block) and the head/column splits
+tensor_parallel and galaxy (Formula.splits_weights). The latter resolve with the
+runtime's defaults unless a record says otherwise (`tp` options):
 even heads / columns, tensor_parallel's all-reduce collective "native" (GLOO's ring),
 galaxy's tiles = 1. For them `rows` is all N tokens (every device runs its heads and
 columns over all rows) and `flops` is rank 0's share.
@@ -34,10 +35,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .formulas import TP_STRATEGIES, ModelShape, make_plan
+from .formulas import ModelShape
+from .strategies import get_formula, list_strategies, make_plan
 
-STRATEGIES = ("single", "voltage", "prism") + TP_STRATEGIES
 TP_OPTIONS = ("heads", "cols", "collective", "tiles")
+
+
+def __getattr__(name):
+    # STRATEGIES: every registered strategy, read from the registry at each access
+    if name == "STRATEGIES":
+        return tuple(list_strategies())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class QueryError(ValueError):
@@ -102,18 +110,6 @@ def tp_is_default(strategy: str, shape: ModelShape, world_size: int, opts) -> bo
     return all(getattr(a, k) == getattr(b, k) for k in ("heads_split", "cols_split", "collective", "tiles"))
 
 
-def n_messages(plan) -> int:
-    """Latency-bearing message steps per pass (module docstring)."""
-    ne = plan.n_exchanges
-    if plan.strategy == "tensor_parallel" and plan.collective == "native":
-        return ne * 2 * (plan.world_size - 1)
-    if plan.strategy == "tensor_parallel":
-        return ne * 2
-    if plan.strategy == "galaxy":
-        return ne * plan.tiles
-    return ne
-
-
 def per_sample(strategy: str, shape: ModelShape, world_size: int, cr: float | None,
                exchange: str = "pairwise", m: int | None = None, tp: tuple | None = None) -> PerSample:
     """Resolve one plan at batch 1 (cached); raises QueryError with one line.
@@ -122,26 +118,28 @@ def per_sample(strategy: str, shape: ModelShape, world_size: int, cr: float | No
     hit = _CACHE.get(key)
     if hit is not None:
         return hit
-    if strategy not in STRATEGIES:
-        raise QueryError(f"unknown strategy {strategy!r}; known: {list(STRATEGIES)}")
     try:
-        if strategy == "prism":
+        f = get_formula(strategy)
+    except ValueError as e:
+        raise QueryError(str(e)) from None
+    try:
+        if f.compresses:
             if m is not None:
-                plan = make_plan("prism", shape, world_size=int(world_size), batch=1, m=int(m),
+                plan = make_plan(strategy, shape, world_size=int(world_size), batch=1, m=int(m),
                                  exchange=exchange)
             else:
                 if cr is None or not np.isfinite(cr):
-                    raise QueryError("strategy 'prism' needs cr (compression rate L_p/m)")
-                plan = make_plan("prism", shape, world_size=int(world_size), batch=1,
+                    raise QueryError(f"strategy {strategy!r} needs cr (compression rate L_p/m)")
+                plan = make_plan(strategy, shape, world_size=int(world_size), batch=1,
                                  cr=float(cr), exchange=exchange)
-        elif strategy in TP_STRATEGIES:
+        elif f.splits_weights:
             plan = make_plan(strategy, shape, world_size=int(world_size), batch=1, exchange=exchange,
                              **dict(tp or ()))
         else:
             if tp:
-                raise QueryError(f"options {[k for k, _ in tp]} apply to {list(TP_STRATEGIES)}, "
-                                 f"not to {strategy!r}")
-            plan = make_plan(strategy, shape, world_size=1 if strategy == "single" else int(world_size),
+                raise QueryError(f"options {[k for k, _ in tp]} apply to "
+                                 f"{list_strategies(splits_weights=True)}, not to {strategy!r}")
+            plan = make_plan(strategy, shape, world_size=int(world_size) if f.distributed else 1,
                              batch=1, exchange=exchange)
     except QueryError:
         raise
@@ -149,8 +147,8 @@ def per_sample(strategy: str, shape: ModelShape, world_size: int, cr: float | No
         raise QueryError(str(e)) from None
     ps = PerSample(
         flops=plan.flops(0), flops_all=sum(plan.flops(r) for r in range(plan.world_size)),
-        rows=shape.seq_len if strategy in TP_STRATEGIES else plan.sizes[0],
-        n_exchanges=plan.n_exchanges, n_messages=n_messages(plan),
+        rows=shape.seq_len if f.all_rows or f.splits_weights else plan.sizes[0],
+        n_exchanges=plan.n_exchanges, n_messages=plan.n_messages,
         wire_bytes=float(max(plan.comm_bytes(0), plan.recv_bytes(0))),
         staged_bytes=float(plan.staged_bytes(0)),
         m=float(plan.m) if plan.m is not None else np.nan,
@@ -193,7 +191,12 @@ def physics(strategy, batch, bw, cr, seq_len, world_size, shape: ModelShape,
         raise QueryError(f"batch={batch[bad][0]:g} must be an integer >= 1")
     if (~np.isfinite(seq_len) | (seq_len < 2) | (seq_len != np.round(seq_len))).any():
         raise QueryError(f"seq_len must be an integer >= 2, got {seq_len[~np.isfinite(seq_len) | (seq_len < 2) | (seq_len != np.round(seq_len))][0]:g}")
-    is_single = strategy == "single"
+    known = set(list_strategies())
+    unknown = [x for x in np.unique(strategy) if x not in known]
+    if unknown:
+        raise QueryError(f"unknown strategy {unknown[0]!r}; known: {sorted(known)}")
+    local = set(list_strategies(distributed=False))
+    is_single = np.isin(strategy, list(local)) if local else np.zeros(strategy.shape, bool)
     ws = np.where(is_single, 1.0, world_size)
     if (~np.isfinite(ws) | (ws < 1) | (ws != np.round(ws))).any():
         raise QueryError("world_size must be an integer >= 1")
@@ -204,7 +207,7 @@ def physics(strategy, batch, bw, cr, seq_len, world_size, shape: ModelShape,
     badbw = np.isfinite(bw) & (bw <= 0)
     if badbw.any():
         raise QueryError(f"bw={bw[badbw][0]:g} Mbit/s must be a positive number")
-    is_prism = strategy == "prism"
+    is_prism = np.isin(strategy, list_strategies(compresses=True))
     cr_eff = np.where(is_prism, cr, np.nan)
 
     # resolve each distinct configuration (apart from batch and bw) once
@@ -217,9 +220,9 @@ def physics(strategy, batch, bw, cr, seq_len, world_size, shape: ModelShape,
     if tp is not None:
         tpv = np.empty(n, dtype=object)
         if isinstance(tp, dict):       # one set of options for every TP / galaxy row
-            k = tp_key(tp)
+            k, split = tp_key(tp), set(list_strategies(splits_weights=True))
             for i, s in enumerate(strategy):
-                tpv[i] = k if s in TP_STRATEGIES else None
+                tpv[i] = k if s in split else None
         else:
             seq = list(np.asarray(tp, dtype=object).ravel()) if isinstance(tp, np.ndarray) else list(tp)
             if len(seq) != n:

@@ -1,9 +1,11 @@
 """The one set of analytical formulas for partitioning, FLOPs, bytes and exchanges.
 
 Torch-free. The runtime imports these so that "bytes actually handed to the exchange"
-and "bytes the cost model predicts" are the same formula (tested in tests/).
+and "bytes the cost model predicts" are the same formula (tested in tests/). What each
+strategy sends and computes is its Formula in costmodel/strategies.py (make_plan lives
+there); this module holds the shapes, partitions and the arithmetic they share.
 
-Notation follows ../shared/reference/prism-method.md: N tokens, hidden size d,
+Notation (docs/method.md): N tokens, hidden size d,
 FFN width d_ff, n_layers blocks, P devices, batch B, element size b bytes.
 All FLOP counts are 2 per multiply-add and count matmuls only.
 """
@@ -11,11 +13,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
-STRATEGIES_ANALYTICAL = ("single", "voltage", "prism", "tensor_parallel", "galaxy")
-# head/column-split strategies (runtime/tensor_parallel.py); formulas at the end of this file
-TP_STRATEGIES = ("tensor_parallel", "galaxy")
 COLLECTIVES = ("native", "pairwise")
 EXCHANGE_MODES = ("pairwise", "allgather")
 
@@ -180,7 +179,8 @@ class Plan:
     """A resolved strategy on a model: partition, segment means, per-device quantities.
 
     All per-device lists are indexed by rank. Bytes are for one batch of `batch`.
-    """
+    Built by costmodel.strategies.make_plan; `formula` is the strategy's Formula, which
+    every per-device quantity below asks."""
 
     strategy: str
     shape: ModelShape
@@ -192,26 +192,26 @@ class Plan:
     exchange: str = "pairwise"
     elem_bytes: int = 4
     kv_rows: tuple[int, ...] = field(default=())
-    heads_split: tuple[int, ...] = field(default=())    # tensor_parallel / galaxy: heads per device
+    heads_split: tuple[int, ...] = field(default=())    # heads per device (head/column splits)
     cols_split: tuple[int, ...] = field(default=())     # MLP hidden columns per device
-    collective: str = ""                                # "native" / "pairwise" (TP_STRATEGIES)
+    collective: str = ""                                # "native" / "pairwise" (head/column splits)
     tiles: int = 1                                      # galaxy: row tiles per message
+    formula: Any = field(default=None, compare=False, repr=False)
 
     @property
     def n_exchanges(self) -> int:
         """Exchanges per forward pass (one per block when distributed; tensor_parallel:
         2 all-reduces per block; galaxy: 2 reduce-scatters + 2 all-gathers per block)."""
-        if self.strategy in TP_STRATEGIES:
-            return 0 if self.world_size == 1 else self.shape.n_layers * (2 if self.strategy == "tensor_parallel" else 4)
-        return 0 if self.strategy == "single" or self.world_size == 1 else self.shape.n_layers
+        return self.formula.n_exchanges(self)
+
+    @property
+    def n_messages(self) -> int:
+        """Latency-bearing message steps per pass (costmodel.features docstring)."""
+        return self.formula.n_messages(self)
 
     def rows_sent(self, rank: int) -> int:
         """Rows one device hands to the exchange per block, per sample (before padding)."""
-        if self.strategy == "voltage":
-            return self.sizes[rank]
-        if self.strategy == "prism":
-            return means_per_device(self.sizes, self.m)[rank]
-        return 0
+        return self.formula.rows_sent(self, rank)
 
     def rows_per_message(self, rank: int) -> int:
         """Rows actually put on the wire per peer: all_gather pads to the largest part."""
@@ -220,46 +220,22 @@ class Plan:
         return self.rows_sent(rank)
 
     def comm_bytes(self, rank: int) -> int:
-        """Bytes one device sends per forward pass: (P-1) * rows * d * b * B per block."""
-        if self.strategy in TP_STRATEGIES:
-            return tp_comm_bytes(self, rank)
-        if self.n_exchanges == 0:
-            return 0
-        per_block = (self.world_size - 1) * self.rows_per_message(rank) * self.shape.d \
-            * self.elem_bytes * self.batch
-        return per_block * self.n_exchanges
+        """Bytes one device sends per forward pass (Voltage: (P-1) * rows * d * b * B per block)."""
+        return self.formula.comm_bytes(self, rank)
 
     def recv_bytes(self, rank: int) -> int:
         """Bytes one device receives per forward pass."""
-        if self.strategy in TP_STRATEGIES:
-            return tp_comm_bytes(self, rank)    # pairwise RS+AG and the ring: recv == sent
-        if self.n_exchanges == 0:
-            return 0
-        rows = sum(self.rows_per_message(q) for q in range(self.world_size) if q != rank)
-        return rows * self.shape.d * self.elem_bytes * self.batch * self.n_exchanges
+        return self.formula.recv_bytes(self, rank)
 
     def staged_bytes(self, rank: int) -> int:
         """Bytes copied device->host (own rows) plus host->device (every peer's rows) per
         pass when the model sits on an accelerator; padding is never staged."""
-        if self.strategy in TP_STRATEGIES:
-            return tp_staged_bytes(self, rank)
-        if self.n_exchanges == 0:
-            return 0
-        rows = sum(self.rows_sent(q) for q in range(self.world_size))
-        return rows * self.shape.d * self.elem_bytes * self.batch * self.n_exchanges
+        return self.formula.staged_bytes(self, rank)
 
     def flops(self, rank: int, *, embed: bool = True, head: bool = True) -> float:
         """FLOPs of one device for the whole batch (blocks, plus own-token embedding and,
         on device 0, the head)."""
-        s = self.shape
-        if self.strategy in TP_STRATEGIES:
-            return tp_flops(self, rank, embed=embed, head=head)
-        f = s.n_layers * block_flops(self.sizes[rank], self.kv_rows[rank], s.d, s.d_ff)
-        if embed:
-            f += s.embed_flops * self.sizes[rank] / s.seq_len
-        if head and rank == 0:
-            f += s.head_flops
-        return f * self.batch
+        return self.formula.flops(self, rank, embed=embed, head=head)
 
     def max_flops(self, **kw) -> float:
         return max(self.flops(r, **kw) for r in range(self.world_size))
@@ -274,83 +250,18 @@ class Plan:
             "staged_bytes": [self.staged_bytes(r) for r in range(self.world_size)],
             "gflops": [self.flops(r) / 1e9 for r in range(self.world_size)],
         }
-        if self.strategy in TP_STRATEGIES:
-            out.update(heads=list(self.heads_split), cols=list(self.cols_split),
-                       collective=self.collective, tiles=self.tiles)
+        out.update(self.formula.extra_dict(self))
         return out
-
-
-def make_plan(strategy: str, shape: ModelShape, *, world_size: int = 2, batch: int = 1,
-              cr: float | None = None, m: int | None = None,
-              partition: Sequence[int] | None = None, exchange: str = "pairwise",
-              elem_bytes: int = 4, heads: Sequence[int] | None = None,
-              cols: Sequence[int] | None = None, collective: str | None = None,
-              tiles: int | None = None) -> Plan:
-    """Resolve a strategy on a shape; validates every argument with a one-line error.
-    heads / cols / collective / tiles apply to tensor_parallel and galaxy only
-    (see make_tp_plan)."""
-    if strategy not in STRATEGIES_ANALYTICAL:
-        raise ValueError(f"unknown strategy {strategy!r}; known: {list(STRATEGIES_ANALYTICAL)}")
-    if exchange not in EXCHANGE_MODES:
-        raise ValueError(f"unknown exchange {exchange!r}; known: {list(EXCHANGE_MODES)}")
-    if not isinstance(batch, (int,)) or batch < 1:
-        raise ValueError(f"batch={batch} must be an integer >= 1")
-    if not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size={world_size} must be an integer >= 1")
-    n = shape.seq_len
-    if strategy in TP_STRATEGIES:
-        if cr is not None or m is not None:
-            raise ValueError(f"{strategy} splits heads and columns; cr and m apply to prism only")
-        return make_tp_plan(strategy, shape, world_size=world_size, batch=batch, partition=partition,
-                            heads=heads, cols=cols, collective=collective, tiles=tiles,
-                            exchange=exchange, elem_bytes=elem_bytes)
-    if any(v is not None for v in (heads, cols, collective, tiles)):
-        raise ValueError(f"heads/cols/collective/tiles apply to {list(TP_STRATEGIES)}, not to {strategy!r}")
-    if strategy == "single":
-        if world_size != 1:
-            raise ValueError(f"strategy 'single' runs on one device; world_size={world_size} must be 1")
-        return Plan("single", shape, 1, batch, (n,), kv_rows=(n,), exchange=exchange,
-                    elem_bytes=elem_bytes)
-    sizes = check_partition(partition, n) if partition is not None else even_partition(n, world_size)
-    if len(sizes) != world_size:
-        raise ValueError(f"partition {sizes} has {len(sizes)} parts for world_size={world_size}")
-    if strategy == "voltage":
-        if cr is not None or m is not None:
-            raise ValueError("voltage exchanges full features; cr and m apply to prism only")
-        return Plan("voltage", shape, world_size, batch, tuple(sizes), kv_rows=(n,) * world_size,
-                    exchange=exchange, elem_bytes=elem_bytes)
-    # prism: CR is defined against the largest part, L_p = ceil(N/P) for an even split
-    m, cr = resolve_m(max(sizes), cr=cr, m=m)
-    ms = means_per_device(sizes, m)
-    kv = tuple(sizes[p] + sum(ms[q] for q in range(world_size) if q != p) for p in range(world_size))
-    return Plan("prism", shape, world_size, batch, tuple(sizes), m=m, cr=cr, kv_rows=kv,
-                exchange=exchange, elem_bytes=elem_bytes)
 
 
 def comm_reduction(plan: Plan) -> float:
     """Fraction of Voltage's traffic that Prism saves on the same partition: 1 - m/L_p."""
-    if plan.strategy != "prism":
-        raise ValueError("comm_reduction applies to a prism plan")
+    if not plan.formula.compresses:
+        raise ValueError(f"comm_reduction applies to a compressing plan (prism), not {plan.strategy!r}")
     return 1.0 - plan.m / max(plan.sizes)
 
 
-# --------------------------------------------------------------------------- tensor_parallel / galaxy
-#
-# Per block, per device r (N tokens, d, element size b, batch B, P devices):
-#   tensor_parallel: 2 all-reduces of the (B, N, d) partial sums (after attention's proj,
-#     after the MLP's fc2). A ring all-reduce (GLOO's own, collective "native") sends
-#     2 (P-1)/P * N d b per all-reduce per device; "pairwise" runs it as a reduce-scatter
-#     then an all-gather over the row chunks c = even_partition(N, P), sending
-#     (N - c_r) + (P-1) c_r rows (= 2 (P-1)/P * N when P divides N).
-#   galaxy: 2 reduce-scatters (after attention, after the MLP) and 2 all-gathers (before
-#     the MLP, before the next attention) over the sequence split n: device r sends
-#     (N - n_r) rows per reduce-scatter and (P-1) n_r rows per all-gather, so per block
-#     2 ((N - n_r) + (P-1) n_r) rows: tensor parallelism's traffic (Galaxy's claim).
-#   voltage sends (P-1) n_r rows per block, so Voltage : tensor_parallel = 1 : 4 for even
-#     splits: (P-1)/P N  vs  2 * 2 (P-1)/P N.
-# GLOO's own reduce_scatter sends an all-reduce's bytes (2 (P-1)/P N d b, measured with
-# /proc/self/io on torch 2.14 GLOO), so galaxy never uses it: its reduce-scatter is
-# pairwise isend/irecv of the partial sums and sends (P-1)/P N d b.
+# --------------------------------------------------------------------------- head / column splits
 
 def split_even(n: int, p: int) -> list[int]:
     """n units (heads, columns) over p devices, the first n mod p get one more; may give
@@ -376,7 +287,8 @@ def split_proportional(n: int, weights: Sequence[float], *, minimum: int = 0) ->
     return [o + minimum for o in out]
 
 
-def _check_units(split, total: int, p: int, what: str) -> tuple[int, ...]:
+def units_split(split, total: int, p: int, what: str) -> tuple[int, ...]:
+    """A heads / columns split: even by default, else checked to have p parts >= 0 summing to total."""
     if split is None:
         return tuple(split_even(total, p))
     vals = [int(v) for v in split]
@@ -385,47 +297,6 @@ def _check_units(split, total: int, p: int, what: str) -> tuple[int, ...]:
     if any(v < 0 for v in vals) or sum(vals) != total:
         raise ValueError(f"{what} split {vals} must be >= 0 each and sum to {total}")
     return tuple(vals)
-
-
-def make_tp_plan(strategy: str, shape: ModelShape, *, world_size: int, batch: int = 1,
-                 partition: Sequence[int] | None = None, heads: Sequence[int] | None = None,
-                 cols: Sequence[int] | None = None, collective: str | None = None,
-                 tiles: int | None = None, exchange: str = "pairwise",
-                 elem_bytes: int = 4) -> Plan:
-    """tensor_parallel / galaxy. heads: attention heads per device; cols: MLP hidden
-    columns per device (both even by default, may be 0 on a device); partition: galaxy's
-    sequence split of the connective ops (tensor_parallel keeps every row on every device;
-    its `sizes` are the row chunks of a pairwise all-reduce). collective: tensor_parallel's
-    all-reduce, "native" (GLOO ring, the default) or "pairwise"; galaxy is always pairwise.
-    tiles: galaxy's row tiles per message (>= 1)."""
-    if strategy not in TP_STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; known: {list(TP_STRATEGIES)}")
-    n, p = shape.seq_len, world_size
-    hs = _check_units(heads, shape.heads, p, "heads")
-    cs = _check_units(cols, shape.d_ff, p, "cols")
-    if strategy == "tensor_parallel":
-        coll = "native" if collective is None else collective
-        if coll not in COLLECTIVES:
-            raise ValueError(f"unknown collective {coll!r}; known: {list(COLLECTIVES)}")
-        if partition is not None:
-            raise ValueError("tensor_parallel keeps every token on every device; partition applies "
-                             "to voltage, prism and galaxy")
-        if tiles not in (None, 1):
-            raise ValueError(f"tiles={tiles}: tile overlap applies to galaxy only")
-        sizes, t = even_partition(n, p), 1
-    else:
-        coll = "pairwise" if collective is None else collective
-        if coll != "pairwise":
-            raise ValueError(f"galaxy collective {coll!r}; allowed: ['pairwise'] (GLOO's reduce_scatter "
-                             "sends an all-reduce's bytes)")
-        sizes = check_partition(partition, n) if partition is not None else even_partition(n, p)
-        if len(sizes) != p:
-            raise ValueError(f"partition {sizes} has {len(sizes)} parts for world_size={p}")
-        t = 1 if tiles is None else tiles
-        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
-            raise ValueError(f"tiles={tiles} must be an integer >= 1")
-    return Plan(strategy, shape, p, batch, tuple(sizes), kv_rows=(n,) * p, exchange=exchange,
-                elem_bytes=elem_bytes, heads_split=hs, cols_split=cs, collective=coll, tiles=t)
 
 
 def ring_allreduce_bytes(numel: int, world_size: int, elem_bytes: int = 4) -> int:
@@ -440,29 +311,6 @@ def rs_ag_rows(sizes: Sequence[int], rank: int) -> int:
     return (n - sizes[rank]) + (p - 1) * sizes[rank]
 
 
-def tp_comm_bytes(plan: Plan, rank: int) -> int:
-    """Bytes one device sends per forward pass under tensor_parallel / galaxy."""
-    if plan.world_size == 1:
-        return 0
-    s, unit = plan.shape, plan.shape.d * plan.elem_bytes * plan.batch
-    if plan.collective == "native":
-        per_block = 2 * ring_allreduce_bytes(s.seq_len * s.d * plan.batch, plan.world_size, plan.elem_bytes)
-    else:
-        per_block = 2 * rs_ag_rows(plan.sizes, rank) * unit
-    return per_block * s.n_layers
-
-
-def tp_staged_bytes(plan: Plan, rank: int) -> int:
-    """Bytes copied device->host plus host->device per pass on an accelerator: native
-    all-reduce N rows each way; pairwise reduce-scatter (N - s_r) out, (P-1) s_r in;
-    pairwise all-gather s_r out, (N - s_r) in."""
-    if plan.world_size == 1:
-        return 0
-    n, sr, p = plan.shape.seq_len, plan.sizes[rank], plan.world_size
-    rows = 2 * n if plan.collective == "native" else (n - sr) + (p - 1) * sr + sr + (n - sr)
-    return 2 * rows * plan.shape.d * plan.elem_bytes * plan.batch * plan.shape.n_layers
-
-
 def tp_block_flops(rows: int, kv_rows: int, d: int, attn_dim: int, cols: int) -> float:
     """Matmul FLOPs of one block on one device holding `attn_dim` = heads_r * head_dim
     attention columns and `cols` MLP columns: q (2 L d A), k and v (4 Lkv d A), scores and
@@ -470,18 +318,3 @@ def tp_block_flops(rows: int, kv_rows: int, d: int, attn_dim: int, cols: int) ->
     block_flops."""
     return (2 * rows * d * attn_dim + 4 * kv_rows * d * attn_dim + 4 * rows * kv_rows * attn_dim
             + 2 * rows * attn_dim * d + 4 * rows * d * cols)
-
-
-def tp_flops(plan: Plan, rank: int, *, embed: bool = True, head: bool = True) -> float:
-    """FLOPs of one device for the whole batch under tensor_parallel / galaxy: every device
-    runs its heads and columns over all N rows (the connective ops, not matmuls, are
-    duplicated by tensor_parallel and split by galaxy). Embedding: tensor_parallel needs
-    all N rows on every device; galaxy is charged its own rows (as voltage)."""
-    s = plan.shape
-    a = plan.heads_split[rank] * (s.d // s.heads)
-    f = s.n_layers * tp_block_flops(s.seq_len, s.seq_len, s.d, a, plan.cols_split[rank])
-    if embed:
-        f += s.embed_flops * (1.0 if plan.strategy == "tensor_parallel" else plan.sizes[rank] / s.seq_len)
-    if head and rank == 0:
-        f += s.head_flops
-    return f * plan.batch

@@ -35,7 +35,7 @@ cross-validation, so the residual layer is only used where it helps on held-out 
 Out-of-fold errors of the total give the prediction interval (split-conformal on log
 ratios).
 
-Galaxy's overlap layer (`overlap_`, OVERLAP_STRATEGIES). Galaxy overlaps its transfers
+Galaxy's overlap layer (`overlap_`, for strategies whose Formula.overlaps_comm). Galaxy overlaps its transfers
 with compute by tiles, so its comm_ms is only the wait compute did not hide. Its rows
 are predicted by a layer of their own:
 
@@ -63,8 +63,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import STRATEGIES, QueryError, physics
-from .formulas import TP_STRATEGIES, ModelShape
+from .features import QueryError, physics
+from .formulas import ModelShape
+from .strategies import list_strategies, mode_label
 from .perfmap import PerfMap, PerfMapError, atomic_write_text, load_perfmap, record_latency_ms
 from .trees import JsonGBR, export_gbr
 
@@ -81,7 +82,6 @@ ENERGY_BASIS = ("compute_w", "staging_w", "comm_w", "other_w", "idle_w_per_devic
 RESIDUAL_FEATURES = ("log_gflops", "log_comm_ms_nominal", "log_staged_mb", "n_exchanges",
                      "log_batch", "seq_len", "world_size", "log_analytical_ms")
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-OVERLAP_STRATEGIES = ("galaxy",)     # comm overlapped with compute: their own overlap layer (overlap_)
 AXES = ("batch", "bw", "cr", "seq_len", "world_size")
 
 
@@ -200,7 +200,7 @@ def _records_table(pm: PerfMap, recs: list, unshaped_bw: float | None) -> dict:
 def record_tp_options(r: dict) -> dict | None:
     """tensor_parallel / galaxy options a perf-map record states (heads, cols,
     collective, tiles); None (the runtime defaults) when it states none."""
-    if r["strategy"] not in TP_STRATEGIES:
+    if r["strategy"] not in list_strategies(splits_weights=True):
         return None
     o = {k: r[k] for k in ("heads", "cols", "collective", "tiles") if r.get(k) is not None}
     return o or None
@@ -307,7 +307,7 @@ class CostModel:
                 ok &= f["n_exchanges"] > 0
             denom = np.maximum(np.abs(y), 0.02 * total)
             groups = {}
-            own = set(TP_STRATEGIES) if phase in self.tp_phases else set()
+            own = set(list_strategies(splits_weights=True)) if phase in self.tp_phases else set()
             pooled = ok & ~np.isin(strat, list(own))
             if not pooled.any():       # a map of TP strategies only: pool them
                 pooled = ok
@@ -399,7 +399,7 @@ class CostModel:
         the model was fitted on (_describe_training)."""
         self._check_settings()
         pm = perfmap if isinstance(perfmap, PerfMap) else load_perfmap(perfmap)
-        recs = [r for r in pm.usable(breakdown=True) if r["strategy"] in STRATEGIES]
+        recs = [r for r in pm.usable(breakdown=True) if r["strategy"] in list_strategies()]
         T = _records_table(pm, recs, self.unshaped_bw)
         energy_target, target_name = _energy_target(T)
         ov_rows = self._overlap_rows(T)
@@ -412,7 +412,7 @@ class CostModel:
 
     def _overlap_rows(self, T: dict) -> dict:
         """{overlap strategy: its row indices}, for those with >= min_rows rows."""
-        ov_rows = {s: np.flatnonzero(T["f"]["strategy"] == s) for s in OVERLAP_STRATEGIES}
+        ov_rows = {s: np.flatnonzero(T["f"]["strategy"] == s) for s in list_strategies(overlaps_comm=True)}
         return {s: r for s, r in ov_rows.items() if r.size >= self.min_rows}
 
     def _out_of_fold(self, T: dict, energy_target: np.ndarray, ov_rows: dict) -> dict:
@@ -628,9 +628,9 @@ class CostModel:
         their rows (the pairwise link parameters do not describe their collectives)."""
         self._check_fitted()
         for s in sorted({str(x) for x in np.asarray(strategies, dtype=object).ravel()}):
-            if s not in STRATEGIES:
-                raise QueryError(f"unknown strategy {s!r}; known: {list(STRATEGIES)}")
-            if s in TP_STRATEGIES and s not in self.strategies_:
+            if s not in list_strategies():
+                raise QueryError(f"unknown strategy {s!r}; known: {list_strategies()}")
+            if s in list_strategies(splits_weights=True) and s not in self.strategies_:
                 raise QueryError(f"strategy {s!r} is not in this cost model (fitted on "
                                  f"{self.strategies_}); fit it on a perf map with {s} rows")
 
@@ -710,7 +710,7 @@ class CostModel:
                              model=model, warn=warn)
             for k in keys:
                 acc[k].append(p[k])
-            labels.append(s if c is None else f"{s}@cr{c:g}")
+            labels.append(mode_label(s, c))
         out = {k: np.stack(v) for k, v in acc.items()}
         out.update(labels=labels, batch=np.asarray(batches, float), bw=np.asarray(bws, float),
                    best_latency=np.argmin(out["latency_ms"], axis=0))
@@ -725,7 +725,7 @@ class CostModel:
         APE (%), share within +-10 % and MAPE for latency, each phase and energy."""
         self._check_fitted()
         pm = perfmap if isinstance(perfmap, PerfMap) else load_perfmap(perfmap)
-        recs = [r for r in pm.usable(breakdown=True) if r["strategy"] in STRATEGIES]
+        recs = [r for r in pm.usable(breakdown=True) if r["strategy"] in list_strategies()]
         T = _records_table(pm, recs, self.unshaped_bw if self.unshaped_bw else self.training_.get("unshaped_bw"))
         P = {k: np.full(len(recs), np.nan)
              for k in ("latency_ms", "compute_ms", "staging_ms", "comm_ms", "energy_j")}
@@ -805,8 +805,9 @@ class CostModel:
             self.residual_weight_ = {p: float(d["residual_weight_"][p]) for p in PHASES}
             self.overlap_ = {}                    # absent in files written before galaxy's overlap layer
             for s, L in (d.get("overlap_") or {}).items():
-                if s not in OVERLAP_STRATEGIES:
-                    raise ValueError(f"overlap_.{s}: overlap layers exist for {list(OVERLAP_STRATEGIES)} only")
+                if s not in list_strategies(overlaps_comm=True):
+                    raise ValueError(f"overlap_.{s}: overlap layers exist for "
+                                     f"{list_strategies(overlaps_comm=True)} only")
                 share = float(L["overlap_share"])
                 if not math.isfinite(share) or share < 0:
                     raise ValueError(f"overlap_.{s}.overlap_share must be a finite number >= 0")

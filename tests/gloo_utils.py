@@ -3,21 +3,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from runtime.launch import free_port
 
 
 def _entry(rank, fn, world_size, port, out_dir, args):
     import torch
 
-    from runtime import exchange as xch
+    from runtime.parallel import exchange as xch
 
     torch.set_num_threads(1)
     xch.init_process_group(rank, world_size, timeout_s=60, master_addr="127.0.0.1", master_port=port)
@@ -35,7 +30,7 @@ def _entry(rank, fn, world_size, port, out_dir, args):
 def run_ranks(fn, world_size: int, tmp_path, *args) -> list:
     """fn(rank, world_size, *args) -> JSON-able, run on every rank; returns the list of
     results by rank. A failing or hanging rank fails the test (process-group timeout)."""
-    port = _free_port()
+    port = free_port()
     mp.start_processes(_entry, args=(fn, world_size, port, str(tmp_path), args),
                        nprocs=world_size, join=True, start_method="spawn")
     out = []

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from runtime.adaptive import AdaptiveRunner, Decision
+from runtime.serve.adaptive import AdaptiveRunner, Decision
 from runtime.launch import free_port
 from runtime.models import ModelSpec, build_adapter
 
@@ -14,7 +14,7 @@ SPEC = ModelSpec("test_vit", img_size=64, depth=2, seed=5)
 
 
 def _worker(rank, world, port):
-    from runtime.adaptive import serve_worker
+    from runtime.serve.adaptive import serve_worker
 
     torch.set_num_threads(1)
     serve_worker(build_adapter(SPEC), rank, world, "127.0.0.1", port, timeout_s=5)

@@ -7,8 +7,8 @@ import torch
 from timm.layers import Attention
 
 from costmodel.formulas import segment_sizes
-from runtime.models import attention
-from runtime.strategies import segment_mean_matrix
+from runtime.models.vit import attention
+from runtime.parallel.prism import segment_mean_matrix
 
 
 @pytest.mark.parametrize("rows,m", [(99, 10), (17, 4), (8, 8)])

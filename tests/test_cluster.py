@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from costmodel.perfmap import load_perfmap
-from runtime import testbed as tbm
+from runtime.netem import testbed as tbm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -79,7 +79,7 @@ def test_predict_broadcasts(fitted):
 
 def test_predict_table_for_decision_hook(fitted):
     t = fitted.predict_table([1, 8, 32], [200, 900], [("single", None), ("voltage", None), ("prism", 9.9)])
-    assert t["latency_ms"].shape == (3, 3, 2) and t["labels"] == ["single", "voltage", "prism@cr9.9"]
+    assert t["latency_ms"].shape == (3, 3, 2) and t["labels"] == ["single", "voltage", "prism(cr=9.9)"]
     assert t["best_latency"].shape == (3, 2)
     assert (t["best_latency"] == np.argmin(t["latency_ms"], axis=0)).all()
 

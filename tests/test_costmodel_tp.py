@@ -13,9 +13,14 @@ import numpy as np
 import pytest
 
 import costmodel
-from costmodel.decision import DEFAULT_CANDIDATES, TP_CANDIDATES, DecisionTable, choose
+from costmodel.decision import DecisionTable, choose
+from costmodel.strategies import decision_candidates, get_formula
+
+DEFAULT_CANDIDATES = decision_candidates()
+TP_CANDIDATES = tuple(c for c in decision_candidates(include_split_weights=True) if c not in DEFAULT_CANDIDATES)
 from costmodel.features import QueryError, per_sample, physics, tp_is_default, tp_key
-from costmodel.formulas import make_plan, shape_for, vit_shape
+from costmodel.formulas import shape_for, vit_shape
+from costmodel.strategies import make_plan
 from costmodel.model import CostModel, metrics
 from costmodel.perfmap import PerfMap, PerfMapError, load_perfmap, merge_perfmaps, record_latency_ms
 from costmodel.synthetic import synthetic_perfmap
@@ -134,7 +139,7 @@ def test_galaxy_overlap_layer_leaves_other_strategies_alone(tp_synth, tp_fitted,
              strategy=np.array(["tensor_parallel", "voltage", "prism", "single", "galaxy", "galaxy"], dtype=object))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        monkeypatch.setattr(cmm, "OVERLAP_STRATEGIES", ())
+        monkeypatch.setattr(get_formula("galaxy"), "overlaps_comm", False)
         plain = CostModel(residual_estimators=40, cv_folds=3).fit(tp_synth)
     assert plain.overlap_ == {}
     a = cm.predict(q["batch"], q["bw"], q["cr"], strategy=q["strategy"], warn=False)
@@ -272,7 +277,7 @@ def test_decision_refuses_candidates_the_model_lacks():
         DecisionTable(cm, candidates=DEFAULT_CANDIDATES + (("galaxy", None),), seq_len=197)
     assert "'galaxy' is not in this cost model (fitted on ['prism', 'single', 'voltage'])" in str(e.value)
     assert "\n" not in str(e.value)
-    with pytest.raises(ValueError, match="cr applies to prism only"):
+    with pytest.raises(ValueError, match="cr applies to \\['prism'\\] only"):
         DecisionTable(cm, candidates=(("single", None), ("tensor_parallel", 9.9)), seq_len=197)
     with pytest.raises(ValueError, match="unknown strategy 'megatron'"):
         DecisionTable(cm, candidates=(("single", None), ("megatron", None)), seq_len=197)

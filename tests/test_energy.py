@@ -14,9 +14,9 @@ import types
 
 import pytest
 
-from runtime import energy
-from runtime.energy import (CPU_HOST, JETSON_ORIN_NANO, KINDS, MeterUnavailable, PowerModel,
-                            estimate_energy_j, find_ina3221_rails, open_meter, rapl_delta_uj)
+from costmodel.power import CPU_HOST, JETSON_ORIN_NANO, PowerModel, estimate_energy_j
+from runtime.measure import meters as energy
+from runtime.measure.meters import KINDS, MeterUnavailable, find_ina3221_rails, open_meter, rapl_delta_uj
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -335,7 +335,7 @@ def test_jetson_model_is_the_table4_fit():
 
 def test_energy_module_imports_without_torch():
     code = ("import sys, importlib.util as u; sys.modules['torch'] = None; "
-            "s = u.spec_from_file_location('energy_alone', 'runtime/energy.py'); "
+            "s = u.spec_from_file_location('energy_alone', 'runtime/measure/meters.py'); "
             "m = u.module_from_spec(s); sys.modules['energy_alone'] = m; "
             "s.loader.exec_module(m); print(m.open_meter('none').source)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,

@@ -1,7 +1,8 @@
 """The analytical checks of issue 4 against the shared formulas (costmodel/formulas.py)."""
 import pytest
 
-from costmodel.formulas import ModelShape, comm_reduction, make_plan, vit_shape
+from costmodel.formulas import ModelShape, comm_reduction, vit_shape
+from costmodel.strategies import make_plan
 
 VIT = vit_shape("vit_base_patch16_224")     # N = 197, with patch embedding and head
 

@@ -16,7 +16,8 @@ import sys
 import pytest
 import torch
 
-from costmodel.formulas import bert_shape, gpt2_shape, make_plan
+from costmodel.formulas import bert_shape, gpt2_shape
+from costmodel.strategies import make_plan
 from tests.gloo_utils import run_ranks
 
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -30,8 +31,8 @@ def _adapter(name, **kw):
 
 
 def _run(ad, x, strategy, rank=0, world=1, partition=None, **opts):
-    from runtime.exchange import gather_rows_to_all
-    from runtime.strategies import DistContext, create_strategy
+    from runtime.parallel.exchange import gather_rows_to_all
+    from runtime.parallel import DistContext, create_strategy
 
     ctx = DistContext(rank, world, torch.device("cpu"), "pairwise", partition)
     res = create_strategy(strategy, **opts).apply(ad, ctx, x.shape[0])(x, features=True)
@@ -52,10 +53,10 @@ def test_bert_base_flop_reduction_is_51_24_percent():
     assert round(100 * red, 2) == 51.24
     # the adapter's own shape (meta device, no weights) goes through the same formula
     from runtime.models import ModelSpec, n_tokens
-    from runtime.run import RunConfig, _shape_of
+    from runtime.measure.run import RunConfig, _shape_of
 
     assert n_tokens(ModelSpec("bert-base")) == 256
-    ad_shape = _shape_of(RunConfig(model="bert-base", strategy="prism", m=1))
+    ad_shape = _shape_of(RunConfig(model="bert-base", strategy="prism", options={"m": 1}))
     assert (ad_shape.d, ad_shape.d_ff, ad_shape.n_layers, ad_shape.seq_len) == (768, 3072, 12, 256)
     p2 = make_plan("prism", ad_shape, world_size=2, m=1)
     s1 = make_plan("single", ad_shape, world_size=1)
@@ -73,7 +74,7 @@ def test_gpt2_shape_charges_lm_head_per_own_row():
 # --------------------------------------------------------------------------- one process
 
 def test_prism_masks_counts_padding_and_causality():
-    from runtime.masks import TokenInfo, prism_masks
+    from runtime.models.masks import TokenInfo, prism_masks
 
     valid = torch.tensor([[1] * 6 + [0] * 2, [1] * 3 + [0] * 5]).bool()   # N = 8, P = 2
     segs = [[2, 2], [2, 2]]

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from runtime import hostcheck as hc
+from runtime.measure import hostcheck as hc
 from runtime.cli import main
 
 

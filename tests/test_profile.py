@@ -12,9 +12,10 @@ import time
 import pytest
 
 from costmodel.perfmap import load_perfmap
-from runtime import testbed as tbm
+from runtime.netem import testbed as tbm
 from runtime.cli import main
-from runtime.profile import Config, RawLog, SweepSpec, _orderer, expand
+from runtime.measure.rawlog import RawLog
+from runtime.measure.spec import Config, SweepSpec, expand, orderer as _orderer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "test_vit", "--depth", "2"]
@@ -215,7 +216,7 @@ def _row(key, med, comp, err=None, energy=1.0):
 
 
 def test_combine_passes_takes_the_median_of_the_passes():
-    from runtime.profile import combine_passes
+    from runtime.measure.mapbuild import combine_passes
 
     k = "m/img32/P2/bw300/voltage/crnone/B2"
     rows = [_row(k, 10.0, 6.0), _row(k + "#pass2", 14.0, 7.0), _row(k + "#pass3", 11.0, 9.0),

@@ -30,9 +30,9 @@ def _cli(args, timeout=180, cmd=None):
     (["--strategy", "nope"], "unknown strategy 'nope'; known: ["),
     (["--strategy", "voltage", "--exchange", "bcast"], "known: ['pairwise', 'allgather']"),
     (["--strategy", "single", "--world-size", "2"], "must be 1"),
-    (["--strategy", "prism"], "exactly one of --cr or --m"),
+    (["--strategy", "prism"], "exactly one of cr or m"),
     (["--strategy", "voltage", "--checkpoint", "/nonexistent.pt"], "does not exist"),
-    (["--strategy", "voltage", "--heads", "1,1"], "apply to tensor_parallel and galaxy"),
+    (["--strategy", "voltage", "--heads", "1,1"], "applies to ['galaxy', 'tensor_parallel']"),
     (["--strategy", "galaxy", "--heads", "1,x"], "comma-separated integers"),
     (["--strategy", "galaxy", "--heads", "3,3"], "sum to 2"),
 ])

@@ -24,7 +24,7 @@ CASES = [
 
 def _check(rank, world, cases, strategies, partition, exchange):
     from runtime.models import ModelSpec, build_adapter
-    from runtime.strategies import DistContext, create_strategy
+    from runtime.parallel import DistContext, create_strategy
 
     out = []
     for name, kw in cases:

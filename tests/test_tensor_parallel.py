@@ -8,7 +8,8 @@ added in another order, so results differ from the plain model by float rounding
 import pytest
 import torch
 
-from costmodel.formulas import ModelShape, make_plan, vit_shape
+from costmodel.formulas import ModelShape, vit_shape
+from costmodel.strategies import make_plan
 from tests.gloo_utils import run_ranks
 
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -29,7 +30,7 @@ def _wchar() -> int:
 
 def _check(rank, world, cases):
     from runtime.models import ModelSpec, build_adapter
-    from runtime.strategies import DistContext, create_strategy
+    from runtime.parallel import DistContext, create_strategy
     import torch.distributed as dist
 
     out = []
@@ -68,7 +69,7 @@ def _check(rank, world, cases):
 def _fake_accelerator(on: bool) -> None:
     """Make Comm stage as on an accelerator (copies to/from host, counted) while the
     model stays on the CPU: checks the staging count against the formula without CUDA."""
-    from runtime import tensor_parallel as tp
+    from runtime.parallel import tp_layout as tp
 
     if not hasattr(tp.Comm, "_orig_init"):
         tp.Comm._orig_init = tp.Comm.__init__
@@ -125,7 +126,7 @@ def test_p3_uneven(tmp_path):
 
 def test_p1_equals_plain():
     from runtime.models import ModelSpec, build_adapter
-    from runtime.strategies import DistContext, create_strategy
+    from runtime.parallel import DistContext, create_strategy
 
     for name, kw in (DEIT3, BERT):
         ad = build_adapter(ModelSpec(name, seed=1, **kw))
@@ -140,7 +141,7 @@ def test_p1_equals_plain():
 
 def test_registry_and_errors():
     from runtime.models import ModelSpec, build_adapter
-    from runtime.strategies import DistContext, create_strategy, list_strategies
+    from runtime.parallel import DistContext, create_strategy, list_strategies
 
     assert {"tensor_parallel", "galaxy"} <= set(list_strategies())
     ad = build_adapter(ModelSpec("gpt2-tiny", seed=0))
@@ -196,7 +197,7 @@ def test_flops_match_single_and_model():
 
     from torch.utils.flop_counter import FlopCounterMode
     from runtime.models import ModelSpec, build_adapter
-    from runtime.strategies import DistContext, create_strategy
+    from runtime.parallel import DistContext, create_strategy
 
     ad = build_adapter(ModelSpec(*VIT[:1], seed=0, **VIT[1]))
     run = create_strategy("tensor_parallel", heads=[4, 2], cols=[900, 636]).apply(ad, DistContext(1, 2))
@@ -205,7 +206,7 @@ def test_flops_match_single_and_model():
     # the math backend decomposes SDPA into matmuls the counter sees (the fused CPU
     # kernel is not counted)
     with FlopCounterMode(display=False) as fc, torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
-        lay, sh = run.layout, run.shards[0]
+        lay, sh = run.state.layout, run.state.shards[0]
         lay.attend(0, sh, lay.qkv(0, sh, x), 0, ad.seq_len, None)
         lay.mlp(0, sh, x)
     pl = make_plan("tensor_parallel", ad.shape, world_size=2, heads=[4, 2], cols=[900, 636])

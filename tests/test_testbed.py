@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from runtime import testbed as tbm
-from runtime.testbed import BypassError, Testbed, TestbedError
+from runtime.netem import testbed as tbm
+from runtime.netem.testbed import BypassError, Testbed, TestbedError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -96,7 +96,7 @@ def test_delay_is_applied_or_recorded_as_not_applied():
 
 _EXCHANGE = textwrap.dedent("""
     import json, os, statistics, time, torch, torch.distributed as dist
-    from runtime import exchange as xch
+    from runtime.parallel import exchange as xch
     torch.set_num_threads(1)
     r, w = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     xch.init_process_group(r, w, timeout_s=60)
@@ -146,7 +146,7 @@ def test_teardown_after_exit_and_exception():
 
 _HOLD = textwrap.dedent("""
     import sys, time
-    from runtime.testbed import Testbed
+    from runtime.netem.testbed import Testbed
     with Testbed(2, 100, prefix=sys.argv[1]) as tb:
         print("up", flush=True)
         time.sleep(120)

@@ -1,5 +1,5 @@
-"""Tensor parallelism (Megatron) and Galaxy's hybrid parallelism, applied to a plain
-model through its adapter (timm ViT, HF BERT).
+"""What tensor_parallel and galaxy share: per-family block layouts (weights split by
+heads and MLP columns), the pairwise / ring collectives, and their common base class.
 
     runner = create_strategy("galaxy", heads=[4, 2], cols=[1024, 512]).apply(adapter, ctx)
 
@@ -33,6 +33,7 @@ that computation did not hide.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -40,11 +41,10 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from costmodel.formulas import (Plan, make_plan, offsets, ring_allreduce_bytes,
-                                segment_sizes)
+from costmodel.formulas import offsets, ring_allreduce_bytes, segment_sizes
+from ..models.masks import full_token_masks
+from .base import Strategy, opt
 from .exchange import Timer
-from .masks import full_token_masks, token_info
-from .strategies import DistContext, Result, Runner, Strategy, register_strategy
 
 TAG_AG, TAG_RS = 1 << 10, 2 << 10       # message tags: kind + tile index
 
@@ -380,33 +380,45 @@ class _Scatter:
         return out
 
 
-# --------------------------------------------------------------------------- strategies
 
-class _TPBase(Strategy):
-    def __init__(self, heads: Optional[Sequence[int]] = None, cols: Optional[Sequence[int]] = None):
-        self.heads = None if heads is None else tuple(int(h) for h in heads)
-        self.cols = None if cols is None else tuple(int(c) for c in cols)
 
-    def _plan_kw(self) -> dict:
-        return {}
+# --------------------------------------------------------------------------- the shared base
 
-    def plan(self, adapter, ctx: DistContext, batch: int) -> Plan:
-        return make_plan(self.name, adapter.shape, world_size=ctx.world_size, batch=batch,
-                         heads=self.heads, cols=self.cols, exchange=ctx.exchange,
-                         partition=ctx.partition, **self._plan_kw())
+@dataclass(frozen=True)
+class TPState:
+    """One rank's layout and weight shards (its heads and MLP columns, every block)."""
 
-    def apply(self, adapter, ctx: DistContext, batch: int = 1) -> Runner:
+    layout: "_Layout"
+    shards: list
+
+
+def _split(v):
+    return None if v is None else tuple(int(x) for x in v)
+
+
+@dataclass(frozen=True)
+class HeadColumnSplit(Strategy):
+    """Base of tensor_parallel and galaxy: attention heads and MLP columns split over
+    the devices (uneven `heads` / `cols` allowed for heterogeneous boards)."""
+
+    heads: Optional[tuple] = opt(None, "heads per device, e.g. 4,2", type=_split)
+    cols: Optional[tuple] = opt(None, "MLP hidden columns per device, e.g. 1024,512", type=_split)
+
+    def __post_init__(self):
+        object.__setattr__(self, "heads", _split(self.heads))
+        object.__setattr__(self, "cols", _split(self.cols))
+
+    def plan_options(self) -> dict:
+        return {"heads": self.heads, "cols": self.cols}
+
+    def prepare(self, adapter, ctx, plan) -> TPState:
         lay = layout_for(adapter)
-        plan = self.plan(adapter, ctx, batch)
-        run = self.runner_cls(self, adapter, ctx, plan)
         hs, cs = offsets(plan.heads_split), offsets(plan.cols_split)
         r = ctx.rank
         h0, c0 = hs[r], cs[r]
         h1, c1 = h0 + plan.heads_split[r], c0 + plan.cols_split[r]
         with torch.no_grad():
-            run.layout = lay
-            run.shards = [lay.shard(i, h0, h1, c0, c1) for i in range(len(adapter.blocks))]
-        return run
+            return TPState(lay, [lay.shard(i, h0, h1, c0, c1) for i in range(len(adapter.blocks))])
 
     def masks(self, run, info):
         """Bias over all N key rows for all N query rows (both strategies attend every
@@ -415,159 +427,6 @@ class _TPBase(Strategy):
             return None
         n = run.adapter.seq_len
         return full_token_masks(info, 0, n, torch.arange(n, device=run.ctx.device))
-
-
-def _bias(run):
-    return None if run.masks is None else run.masks.bias
-
-
-class TPRunner(Runner):
-    """Every device holds all N rows; logits on rank 0, features on every rank."""
-
-    @torch.inference_mode()
-    def __call__(self, inputs=None, *, rows: Optional[torch.Tensor] = None,
-                 features: bool = False) -> Result:
-        ctx, ad = self.ctx, self.adapter
-        timer = Timer(ctx.device, label=ctx.profile_labels)
-        with timer.phase("compute"):
-            if rows is not None:
-                x, self.masks = rows, None
-            else:
-                x = ad.embed(inputs)
-                self.masks = self.strategy.masks(self, token_info(ad, inputs))
-        for i in range(len(ad.blocks)):
-            timer.start_block()
-            x = self.strategy.block_step(self, i, x, None, timer)
-        timer.end_blocks()
-        logits = None
-        with timer.phase("compute"):
-            xn = ad.final_norm(x)
-            if ctx.rank == 0:
-                logits = ad.head(xn)
-        return Result(logits, xn if features else None, timer.summary(), self.plan)
-
-
-@register_strategy("tensor_parallel")
-class TensorParallel(_TPBase):
-    """Megatron tensor parallelism: heads and MLP columns split (uneven `heads` / `cols`
-    allowed), two all-reduces of (B, N, d) per block. collective: "native" (GLOO ring
-    all-reduce) or "pairwise" (reduce-scatter + all-gather by isend/irecv)."""
-
-    runner_cls = TPRunner
-
-    def __init__(self, heads=None, cols=None, collective: str = "native"):
-        super().__init__(heads, cols)
-        self.collective = collective
-
-    def options(self):
-        return {"heads": self.heads, "cols": self.cols, "collective": self.collective}
-
-    def _plan_kw(self):
-        return {"collective": self.collective}
-
-    def _all_reduce(self, run, comm: Comm, t):
-        if run.ctx.world_size == 1:
-            return t
-        if run.plan.collective == "native":
-            return comm.all_reduce_native(t)
-        return comm.all_reduce_pairwise(t, run.plan.sizes)
-
-    def block_step(self, run, i, x, ex, timer):
-        lay, sh, n = run.layout, run.shards[i], x.shape[1]
-        comm = Comm(run.ctx.rank, run.ctx.world_size, run.ctx.device, timer)
-        with timer.phase("compute"):
-            part = lay.attend(i, sh, lay.qkv(i, sh, lay.ln_attn(i, x)), 0, n, _bias(run))
-        a = self._all_reduce(run, comm, part)
-        with timer.phase("compute"):
-            x = lay.after_attn(i, x, a)
-            part = lay.mlp(i, sh, lay.ln_mlp(i, x))
-        m = self._all_reduce(run, comm, part)
-        with timer.phase("compute"):
-            return lay.after_mlp(i, x, m)
-
-
-@register_strategy("galaxy")
-class Galaxy(_TPBase):
-    """Galaxy hybrid parallelism: tensor-parallel attention and MLP (uneven `heads` /
-    `cols`), sequence-parallel connective ops over ctx.partition (uneven allowed), with
-    tile overlap (`tiles` row tiles per message; `overlap=False` for blocking
-    collectives)."""
-
-    runner_cls = Runner
-
-    def __init__(self, heads=None, cols=None, tiles: int = 1, overlap: bool = True):
-        super().__init__(heads, cols)
-        self.tiles, self.overlap = tiles, bool(overlap)
-
-    def options(self):
-        return {"heads": self.heads, "cols": self.cols, "tiles": self.tiles, "overlap": self.overlap}
-
-    def plan(self, adapter, ctx, batch):
-        return make_plan("galaxy", adapter.shape, world_size=ctx.world_size, batch=batch,
-                         heads=self.heads, cols=self.cols, tiles=self.tiles,
-                         partition=ctx.partition, exchange=ctx.exchange)
-
-    def block_step(self, run, i, x, ex, timer):
-        ctx, lay, sh = run.ctx, run.layout, run.shards[i]
-        sizes, offs, r = run.plan.sizes, offsets(run.plan.sizes), ctx.rank
-        comm = Comm(r, ctx.world_size, ctx.device, timer, run.plan.tiles)
-        bias = _bias(run)
-
-        # attention: all-gather normed rows, q/k/v on each tile as it arrives
-        with timer.phase("compute"):
-            h = lay.ln_attn(i, x)
-        ag = comm.all_gather(h, sizes)
-        if not self.overlap:
-            ag.wait_all()
-        qkv = {r: [lay_qkv(lay, i, sh, h, timer)]}
-        for q in comm.peers:
-            qkv[q] = [lay_qkv(lay, i, sh, ag.chunk(q, k), timer) for k in range(len(ag.tiles_of(q)))]
-        ag.finish()
-        with timer.phase("compute"):
-            qkv_all = torch.cat([t for q in range(ctx.world_size) for t in qkv[q]], dim=1)
-            kv = lay.keys_values(i, sh, qkv_all) if sh.attn_dim else None
-        # proj partial sums per destination tile, peers first, each sent as computed
-        rs = comm.reduce_scatter(h, sizes)
-        pending = []
-        for q in comm.peers:
-            for k, (a, s) in enumerate(_tiles(sizes[q], comm.tiles)):
-                with timer.phase("compute"):
-                    part = lay.attend(i, sh, qkv_all, offs[q] + a, s, bias, kv)
-                pending.append((q, k, part))
-                if self.overlap:
-                    rs.send(*pending.pop())
-        with timer.phase("compute"):
-            own = lay.attend(i, sh, qkv_all, offs[r], sizes[r], bias, kv)
-        for p in pending:
-            rs.send(*p)
-        a_sum = rs.reduce(own)
-        with timer.phase("compute"):
-            x = lay.after_attn(i, x, a_sum)
-            h2 = lay.ln_mlp(i, x)
-
-        # MLP: all-gather normed rows; own rows first (hides the gather), then each
-        # arriving tile's partial sum is sent back to its owner while the next computes
-        ag = comm.all_gather(h2, sizes)
-        rs = comm.reduce_scatter(h2, sizes)
-        if not self.overlap:
-            ag.wait_all()
-        with timer.phase("compute"):
-            own = lay.mlp(i, sh, h2)
-        pending = []
-        for q in comm.peers:
-            for k in range(len(ag.tiles_of(q))):
-                hk = ag.chunk(q, k)
-                with timer.phase("compute"):
-                    part = lay.mlp(i, sh, hk)
-                pending.append((q, k, part))
-                if self.overlap:
-                    rs.send(*pending.pop())
-        for p in pending:
-            rs.send(*p)
-        ag.finish()
-        m_sum = rs.reduce(own)
-        with timer.phase("compute"):
-            return lay.after_mlp(i, x, m_sum)
 
 
 def lay_qkv(lay, i, sh, h, timer):

@@ -27,6 +27,8 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from ..errors import UsageError
+
 SCHEMA_VERSION = 1
 KIND = "prism-edge.hostcheck"
 WORKLOAD = "12 x (256x256 @ 256x256, tanh) per iteration, torch, 1 thread"
@@ -193,7 +195,6 @@ def add_args(p) -> None:
 
 
 def main(a, argv_tail) -> int:
-    from .cli import UsageError
 
     try:
         cores = None
@@ -212,13 +213,3 @@ def main(a, argv_tail) -> int:
         atomic_write_text(a.out, txt)
     print(txt)
     return 0
-
-
-def _register() -> None:
-    from .cli import COMMANDS, command
-
-    if "host-check" not in COMMANDS:
-        command("host-check", "do the cores standing in for devices slow each other? (JSON)")((add_args, main))
-
-
-_register()

@@ -14,7 +14,7 @@ so the pass is paced by the slowest device's compute; comm is charged without ov
 Plan.comm_bytes). Galaxy's sequence split only moves the connective ops (not matmuls),
 so its rows are sized in proportion to speed.
 
-Slow device: `cpu_quota(fraction)` puts the calling process (all its threads) into a
+Slow device (netem/cpuquota.py): `cpu_quota(fraction)` puts the calling process (all its threads) into a
 cgroup with a CFS bandwidth quota (cgroup v2 cpu.max or v1 cpu.cfs_quota_us) of
 `fraction` CPUs per 10 ms period: the kernel runs it at most that share of one core, as
 a board with a slower CPU would, compute and its GLOO I/O threads alike. The planner
@@ -23,63 +23,19 @@ host a quota of 0.5 may bind less than that, and the profiled speed says so).
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from costmodel.formulas import (ModelShape, Plan, block_flops, make_plan, split_even,
-                                split_proportional)
-
-PLANNED = ("voltage", "prism", "tensor_parallel", "galaxy")
-CGROUP_ROOT = "/sys/fs/cgroup"
+from costmodel.formulas import ModelShape, Plan, block_flops, split_proportional
+from costmodel.strategies import get_formula, list_strategies, make_plan
+from ..netem.cpuquota import cpu_quota  # noqa: F401  - re-exported: the planner's slow device
 
 
-# --------------------------------------------------------------------------- slow device
-
-@contextlib.contextmanager
-def cpu_quota(fraction: float, *, period_us: int = 10_000, root: str = CGROUP_ROOT,
-              pid: Optional[int] = None):
-    """Run process `pid` (default: this one, every thread) under a CFS quota of
-    `fraction` of one CPU per `period_us`; restores the cgroup on exit. Needs write access
-    to the cpu controller (root); raises PermissionError/RuntimeError with the reason."""
-    if not 0.01 <= float(fraction) <= 64:
-        raise ValueError(f"fraction={fraction} CPUs must be in [0.01, 64]")
-    if not 1000 <= int(period_us) <= 1_000_000:
-        raise ValueError(f"period_us={period_us} must be in [1000, 1000000]")
-    pid = os.getpid() if pid is None else int(pid)
-    quota = max(1000, int(round(fraction * period_us)))
-    v2 = os.path.exists(os.path.join(root, "cgroup.controllers"))
-    base = root if v2 else os.path.join(root, "cpu")
-    if not os.path.isdir(base):
-        raise RuntimeError(f"no cpu cgroup controller under {root}; cpu_quota needs cgroup v1 cpu "
-                           "or v2 with the cpu controller")
-    cg = os.path.join(base, f"prism-edge-quota-{pid}")
-    with open(f"/proc/{pid}/cgroup") as f:
-        lines = f.read().splitlines()
-    prev = next((ln.split(":", 2)[2] for ln in lines
-                 if (ln.startswith("0::") if v2 else ":cpu:" in ln or ":cpu," in ln)), "/")
-    os.makedirs(cg, exist_ok=True)
-    try:
-        if v2:
-            _write(os.path.join(cg, "cpu.max"), f"{quota} {period_us}")
-        else:
-            _write(os.path.join(cg, "cpu.cfs_period_us"), str(period_us))
-            _write(os.path.join(cg, "cpu.cfs_quota_us"), str(quota))
-        _write(os.path.join(cg, "cgroup.procs"), str(pid))
-        yield cg
-    finally:
-        with contextlib.suppress(OSError):
-            _write(os.path.join(base + prev if prev != "/" else base, "cgroup.procs"), str(pid))
-        with contextlib.suppress(OSError):
-            os.rmdir(cg)
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
+def planned() -> list:
+    """The strategies plan_splits can split unevenly: every distributed one."""
+    return list_strategies(distributed=True)
 
 
 def profile_speed(adapter, *, repeats: int = 3, rows: Optional[int] = None) -> float:
@@ -178,8 +134,9 @@ def plan_splits(strategy: str, shape: ModelShape, speeds: Sequence[float], *,
     """The split of `strategy` over devices of the given speeds (FLOP/s, by rank) that
     minimises predict_ms. voltage / prism: token partition; tensor_parallel: heads and
     MLP columns; galaxy: heads, columns (searched) and rows (in proportion to speed)."""
-    if strategy not in PLANNED:
-        raise ValueError(f"unknown strategy {strategy!r} to plan; known: {list(PLANNED)}")
+    if strategy not in planned():
+        raise ValueError(f"unknown strategy {strategy!r} to plan; known: {planned()}")
+    fm = get_formula(strategy)
     speeds = tuple(float(s) for s in speeds)
     p, n = len(speeds), shape.seq_len
     if p < 2:
@@ -187,8 +144,8 @@ def plan_splits(strategy: str, shape: ModelShape, speeds: Sequence[float], *,
     if any(not s > 0 for s in speeds):
         raise ValueError(f"speeds {list(speeds)} must all be > 0 FLOP/s")
     pred = lambda pl: predict_ms(pl, speeds, bw=bw, latency_ms=latency_ms)  # noqa: E731
-    if strategy in ("voltage", "prism"):
-        kw = dict(cr=cr, m=m) if strategy == "prism" else {}
+    if not fm.splits_weights:            # row split: the token partition
+        kw = dict(cr=cr, m=m) if fm.compresses else {}
 
         def mk(sizes):
             return make_plan(strategy, shape, world_size=p, batch=batch, partition=sizes, **kw)
@@ -207,9 +164,10 @@ def plan_splits(strategy: str, shape: ModelShape, speeds: Sequence[float], *,
         return SplitPlan(strategy, tuple(sizes), dict(kw), best, speeds, pred(even), mk(sizes))
 
     extra = {"collective": collective} if collective else {}
-    if strategy == "galaxy" and tiles is not None:
+    if "tiles" in fm.options and tiles is not None:
         extra["tiles"] = tiles
-    rows = tuple(split_proportional(n, speeds, minimum=1)) if strategy == "galaxy" else None
+    # a sequence-parallel weight split (galaxy) also takes rows, in proportion to speed
+    rows = None if fm.all_rows else tuple(split_proportional(n, speeds, minimum=1))
 
     def mk(heads, cols, part=rows):
         return make_plan(strategy, shape, world_size=p, batch=batch, heads=heads, cols=cols,

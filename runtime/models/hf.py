@@ -1,4 +1,4 @@
-"""Adapters over Hugging Face `transformers` BERT and GPT-2 (the surface of models.py).
+"""Adapters over Hugging Face `transformers` BERT and GPT-2 (the surface of models/vit.py).
 
     bert-tiny / bert-base (BertModel: pooled CLS output), bert-tiny-cls / bert-base-cls
     (BertForSequenceClassification: logits), gpt2-tiny / gpt2 (GPT2LMHeadModel: logits
@@ -9,7 +9,7 @@
 BERT passes its attention mask through `token_mask` (padding: means over valid tokens,
 s = valid counts, empty segments -inf); GPT-2 sets `causal = True` (the partition-aware
 causal mask) and `head_per_position = True`. The masks themselves are built by
-runtime/masks.py so that the strategies stay model-agnostic.
+runtime/models/masks.py so that the strategies stay model-agnostic.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from costmodel.formulas import ModelShape, bert_shape, gpt2_shape
-from .models import ModelSpec, _FAMILY_MATCHERS, register_family
+from .registry import ModelSpec, register_family
 
 MINILM = "all-minilm-l6-v2"
 
@@ -358,16 +358,11 @@ def _build(spec: ModelSpec, device, family: str):
     return adapter_cls(model, spec.name, n, spec.lengths)
 
 
-@register_family("hf-bert")
+@register_family("bert", match=lambda name: _text_family(name) == "bert")
 def build_bert(spec: ModelSpec, device="cpu") -> HFBertAdapter:
     return _build(spec, device, "bert")
 
 
-@register_family("hf-gpt2")
+@register_family("gpt2", match=lambda name: _text_family(name) == "gpt2")
 def build_gpt2(spec: ModelSpec, device="cpu") -> HFGPT2Adapter:
     return _build(spec, device, "gpt2")
-
-
-_FAMILY_MATCHERS.append(("hf-bert", lambda name: _text_family(name) == "bert"))
-_FAMILY_MATCHERS.append(("hf-gpt2", lambda name: _text_family(name) == "gpt2"))
-

@@ -6,13 +6,11 @@ A strategy never edits the model. It asks the adapter for
   - `block(i, x, remote, bias)` block i on own rows x, with extra K/V-input rows `remote`
                            and an additive attention bias for those columns,
   - `finish(x_own, rank)`  final norm and head on the rows a device owns.
-The timm ViT adapter lives here; BERT and GPT-2 adapters implement the same methods.
+This module holds the timm ViT adapter; models/hf.py implements the same methods for
+BERT and GPT-2, models/registry.py names the families.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -20,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from costmodel.formulas import ModelShape, vit_shape
+from .registry import ModelSpec, load_state_dict, register_family
 
 
 def attention(attn: nn.Module, q_in: torch.Tensor, kv_in: torch.Tensor,
@@ -128,66 +127,7 @@ class TimmViTAdapter:
 
 # --------------------------------------------------------------------------- creation
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What to build: a timm name plus overrides, all following from `seed`."""
-
-    name: str
-    img_size: Optional[int] = None
-    patch_size: Optional[int] = None
-    num_classes: Optional[int] = None
-    depth: Optional[int] = None
-    checkpoint: Optional[str] = None
-    seed: int = 0
-    seq_len: Optional[int] = None        # text models: tokens N
-    lengths: Optional[tuple] = None      # text models: valid tokens per sample (padding)
-
-    def kwargs(self) -> dict:
-        kw = {}
-        for k in ("img_size", "patch_size", "num_classes", "depth"):
-            v = getattr(self, k)
-            if v is not None:
-                kw[k] = v
-        return kw
-
-
-MODEL_FAMILIES = {}   # family -> builder(spec, device) ; extended by the HF adapters
-
-
-def register_family(name: str):
-    def deco(fn):
-        if name in MODEL_FAMILIES:
-            raise ValueError(f"model family {name!r} is already registered")
-        MODEL_FAMILIES[name] = fn
-        return fn
-    return deco
-
-
-def family_of(name: str) -> str:
-    for fam, match in _FAMILY_MATCHERS:
-        if match(name):
-            return fam
-    return "timm"
-
-
-_FAMILY_MATCHERS: list = []
-
-
-def _load_state_dict(path: str) -> dict:
-    """Load weights without pickle: safetensors, or torch.load(weights_only=True)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(p))
-    sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    return sd
-
-
-@register_family("timm")
+@register_family("vit")
 def build_timm(spec: ModelSpec, device="cpu") -> TimmViTAdapter:
     import timm
 
@@ -201,7 +141,7 @@ def build_timm(spec: ModelSpec, device="cpu") -> TimmViTAdapter:
         raise ValueError(f"img_size={kw['img_size']} is not a multiple of the patch size")
     model = timm.create_model(spec.name, pretrained=False, **kw)
     if spec.checkpoint:
-        model.load_state_dict(_load_state_dict(spec.checkpoint))
+        model.load_state_dict(load_state_dict(spec.checkpoint))
     return TimmViTAdapter(model.to(device).eval(), spec.name)
 
 
@@ -209,28 +149,3 @@ def _default_patch(name: str) -> int:
     import re
     mt = re.search(r"patch(\d+)", name)
     return int(mt.group(1)) if mt else 16
-
-
-def build_adapter(spec: ModelSpec, device="cpu"):
-    """Create the plain model for `spec` (weights follow from spec.seed) and wrap it."""
-    return MODEL_FAMILIES[family_of(spec.name)](spec, device)
-
-
-def n_tokens(spec: ModelSpec) -> int:
-    """Token count of a spec without building weights (meta device)."""
-    with torch.device("meta"):
-        ad = build_adapter(shape_spec(spec), device="meta")
-    return ad.seq_len
-
-
-def shape_spec(spec: ModelSpec) -> ModelSpec:
-    """The spec to build on the meta device for shapes: timm drops its weights file;
-    text families keep their checkpoint folder (only its config.json is read there)."""
-    if family_of(spec.name) != "timm":
-        return spec
-    return ModelSpec(**{**spec.__dict__, "checkpoint": None})
-
-
-# BERT and GPT-2 (Hugging Face transformers) register their families on import; the
-# module imports transformers lazily, so timm-only runs do not pay for it.
-from . import hf_models  # noqa: E402,F401

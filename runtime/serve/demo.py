@@ -4,8 +4,7 @@ static Voltage and static Prism.
 
     python -m runtime demo --out out/demo          (what `make demo` runs)
 
-`python -m runtime serve` is the per-rank entry of one request stream: rank 0 runs the
-AdaptiveRunner (JSON line per request on stdout), the other ranks serve.
+Each request stream is `python -m runtime serve` (server.py) on P ranks.
 """
 from __future__ import annotations
 
@@ -14,129 +13,14 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
-from typing import Optional
 
-from .cli import UsageError, command
 
 log = logging.getLogger("runtime.demo")
 
 
-# --------------------------------------------------------------------------- serve
-
-@dataclass
-class FixedPolicy:
-    """A static mode: always the same strategy (and CR)."""
-
-    strategy: str
-    cr: Optional[float] = None
-    m: Optional[int] = None
-
-    def __call__(self, batch, bw):
-        from .adaptive import Decision
-        return Decision(self.strategy, cr=self.cr, m=self.m, predicted_ms=None, source="static")
-
-
-def add_serve_args(p) -> None:
-    p.add_argument("--model", default="vit_tiny_patch16_224")
-    p.add_argument("--img-size", type=int)
-    p.add_argument("--depth", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--world-size", type=int, default=2)
-    p.add_argument("--policy", default="adaptive", help="adaptive | single | voltage | prism")
-    p.add_argument("--cr", type=float, default=9.9, help="static prism CR")
-    p.add_argument("--costmodel", help="fitted CostModel JSON (adaptive)")
-    p.add_argument("--perfmap", help="perf map whose exact entries override the model (adaptive)")
-    p.add_argument("--objective", default="latency", help="latency | energy")
-    p.add_argument("--stream", required=True, help="batch sizes of the requests, e.g. 1,8,16")
-    p.add_argument("--switch-at", type=int, default=-1,
-                   help="request index before which the orchestrator changes the bandwidth")
-    p.add_argument("--sync-dir", help="folder for the bandwidth-switch handshake")
-    p.add_argument("--initial-bw", type=float, help="bandwidth estimate before any observation, Mbit/s")
-    p.add_argument("--timeout", type=float, default=10.0, help="exchange timeout, s")
-    p.add_argument("--probe-every", type=int, default=4)
-
-
-def serve_main(a, argv) -> int:
-    import torch
-
-    from .adaptive import AdaptiveRunner, TablePolicy, serve_worker
-    from .models import ModelSpec, build_adapter
-
-    rank, ws = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", a.world_size))
-    host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29400"))
-    torch.set_num_threads(1)
-    core = os.environ.get("PRISM_EDGE_CORE")
-    if core is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {int(core)})
-    try:
-        stream = [int(s) for s in a.stream.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--stream {a.stream!r} must be comma-separated batch sizes")
-    if not stream or min(stream) < 1:
-        raise UsageError(f"--stream {a.stream!r} must hold batch sizes >= 1")
-    ad = build_adapter(ModelSpec(a.model, img_size=a.img_size, depth=a.depth, seed=a.seed))
-    if rank != 0:
-        serve_worker(ad, rank, ws, host, port, timeout_s=a.timeout)
-        return 0
-    if a.policy == "adaptive":
-        if not a.costmodel:
-            raise UsageError("--policy adaptive needs --costmodel PATH")
-        from costmodel.decision import DecisionTable
-        from costmodel.model import CostModel
-        from costmodel.perfmap import load_perfmap
-
-        cm = CostModel.load(a.costmodel)
-        pm = load_perfmap(a.perfmap) if a.perfmap else None
-        crs = sorted({r.get("cr_requested") or r["cr"] for r in pm.usable() if r.get("cr")}) \
-            if pm else [9.9]
-        cands = [("single", None), ("voltage", None)] + [("prism", c) for c in crs]
-        table = DecisionTable(cm, pm, candidates=cands, objective=a.objective,
-                              seq_len=ad.seq_len, world_size=ws, model_name=a.model,
-                              batches=range(1, max(stream) + 1))
-        import math
-        # ViT workers receive their embedded rows: (N - L_0) x d float32 per sample
-        scatter = (ad.seq_len - math.ceil(ad.seq_len / ws)) * ad.shape.d * 4
-        policy = TablePolicy(table, ad.seq_len, ws, default_bw=a.initial_bw or 500.0,
-                             scatter_bytes_per_sample=scatter)
-    elif a.policy in ("single", "voltage"):
-        policy = FixedPolicy(a.policy)
-    elif a.policy == "prism":
-        import math
-        policy = FixedPolicy("prism", cr=a.cr, m=max(1, round(math.ceil(ad.seq_len / ws) / a.cr)))
-    else:
-        raise UsageError(f"unknown policy {a.policy!r}; allowed: adaptive, single, voltage, prism")
-    runner = AdaptiveRunner(ad, policy, world_size=ws, host=host, port=port, timeout_s=a.timeout,
-                            probe_every=a.probe_every, initial_bw=a.initial_bw)
-    runner.start(block=True)
-    try:
-        for i, b in enumerate(stream):
-            if i == a.switch_at and a.sync_dir:
-                print(json.dumps({"event": "switch", "request": i}), flush=True)
-                flag = os.path.join(a.sync_dir, "switched")
-                t0 = time.time()
-                while not os.path.exists(flag) and time.time() - t0 < 60:
-                    time.sleep(0.05)
-            x = ad.make_inputs(b, seed=a.seed + 1000 + i)
-            r = runner.submit(x)
-            d = r.decision
-            print(json.dumps({"event": "request", "i": i, "batch": b, "mode": d.mode,
-                              "executed": r.executed, "latency_ms": r.latency_ms,
-                              "per_sample_ms": r.latency_ms / b, "bw_estimate": r.bw_estimate,
-                              "source": d.source, "predicted_ms": d.predicted_ms,
-                              "margin": d.margin, "fault": r.fault}), flush=True)
-        print(json.dumps({"event": "done", "counts": runner.counts, "events": runner.events}), flush=True)
-    finally:
-        runner.close()
-    return 0
-
-
-command("serve", "serve a stream of batches adaptively (per-rank entry)")((add_serve_args, serve_main))
-
-
 # --------------------------------------------------------------------------- demo
 
-def add_demo_args(p) -> None:
+def add_args(p) -> None:
     p.add_argument("--out", default="out/demo", help="folder for the perf map, model, plots, summary")
     p.add_argument("--model", default="vit_tiny_patch16_224")
     p.add_argument("--img-size", type=int, default=160)
@@ -164,15 +48,16 @@ def _print_table(rows, file=sys.stdout):
               f"{(1 - r['total_ms'] / base_s) * 100:>10.1f}%", file=file)
 
 
-def demo_main(a, argv) -> int:
+def main(a, argv) -> int:
     import tempfile
 
     from costmodel.model import CostModel
     from costmodel.perfmap import atomic_write_text, load_perfmap
 
-    from .launch import self_argv
-    from .profile import Sweep, SweepSpec
-    from .testbed import Testbed
+    from ..launch import self_argv
+    from ..measure.driver import Sweep
+    from ..measure.spec import SweepSpec
+    from ..netem.testbed import Testbed
 
     os.makedirs(a.out, exist_ok=True)
     t_start = time.time()
@@ -304,6 +189,3 @@ def _plots(out, results, stream, a):
     fig.tight_layout()
     fig.savefig(os.path.join(out, "demo_stream.png"), dpi=110)
     plt.close(fig)
-
-
-command("demo", "the main job end to end on a small default")((add_demo_args, demo_main))

@@ -8,7 +8,7 @@
         --bw 100,200,400 --shape-iface wlan0 --device cuda --meter jtop \\
         --out data/perfmaps/orin_p2.json
 
-Same axes, rows and perf map as `python -m runtime profile` (runtime/profile.py), with
+Same axes, rows and perf map as `python -m runtime profile` (measure/driver.py), with
 the devices real instead of emulated:
 
 - World size: torchrun's WORLD_SIZE is P; every rank expands the same sweep and walks the
@@ -36,55 +36,15 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from typing import Optional
 
+from ..errors import UsageError
+
 log = logging.getLogger("runtime.cluster")
 
 BULK_SECONDS = 1.0
-
-
-# --------------------------------------------------------------------------- shaping
-
-class Shaper:
-    """tc tbf on this device's egress of `iface` (root qdisc); removed by close()."""
-
-    def __init__(self, iface: str):
-        """iface must exist (check_shaping says so before)."""
-        self.iface = iface
-        self.installed = False
-        with open(f"/sys/class/net/{iface}/mtu") as f:
-            self.mtu = int(f.read().strip())
-
-    def set(self, bw_mbps: float) -> None:
-        from .testbed import tbf_args
-
-        cmd = ["tc", "qdisc", "replace", "dev", self.iface, "root", "tbf", *tbf_args(bw_mbps, self.mtu)]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-        if p.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)}: {p.stderr.strip()}")
-        self.installed = True
-
-    def close(self) -> None:
-        if self.installed:
-            subprocess.run(["tc", "qdisc", "del", "dev", self.iface, "root"], capture_output=True, timeout=30)
-            self.installed = False
-
-
-def check_shaping(iface: str) -> Optional[str]:
-    """Why this device cannot shape `iface` (None if it can)."""
-    from .testbed import is_root
-
-    if not is_root():
-        return f"--shape-iface needs root on {socket.gethostname()} (tc changes the device's qdisc)"
-    if subprocess.run(["sh", "-c", "command -v tc"], capture_output=True).returncode != 0:
-        return f"--shape-iface needs tc (iproute2) on {socket.gethostname()}"
-    if not os.path.exists(f"/sys/class/net/{iface}"):
-        return (f"--shape-iface {iface!r}: no such interface on {socket.gethostname()}; "
-                f"allowed: {sorted(os.listdir('/sys/class/net'))}")
-    return None
 
 
 # --------------------------------------------------------------------------- the link
@@ -117,7 +77,7 @@ def measure_to_rank0(rank: int, world_size: int, bw_hint_mbps: Optional[float],
 def _agree(rank: int, world_size: int, problem: Optional[str]) -> None:
     """Every rank learns every rank's problem; all raise the first one (no rank is left
     waiting in a collective for a peer that gave up)."""
-    from .exchange import gather_json
+    from ..parallel.exchange import gather_json
 
     probs = gather_json(problem, rank, world_size)
     bad = [(r, p) for r, p in enumerate(probs) if p]
@@ -135,16 +95,20 @@ def _check_args(a, spec) -> Optional[str]:
     if spec.delay_ms > 0:
         return "--delay applies to the emulated testbed only; real devices have the link's own delay"
     if a.shape_iface:
+        from ..netem.shaping import check_shaping
         return check_shaping(a.shape_iface)
     return None
 
 
-def cluster_main(a, argv_tail) -> int:
+def main(a, argv_tail) -> int:
     import dataclasses
 
-    from . import exchange as xch
-    from .cli import UsageError
-    from .profile import RawLog, Sweep, environment, expand, group_plan, run_group, spec_from_args
+    from ..netem.shaping import Shaper
+    from ..parallel import exchange as xch
+    from .driver import Sweep, spec_from_args
+    from .mapbuild import environment
+    from .spec import expand
+    from .worker import group_plan, run_group
 
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise UsageError("profile-cluster runs under torchrun (RANK and WORLD_SIZE are unset); "
@@ -184,9 +148,7 @@ def cluster_main(a, argv_tail) -> int:
         if rank == 0:
             try:
                 sweep = Sweep(spec, a.out, a.raw, progress=not a.no_progress)
-                sweep.mode = "cluster"
-                sweep.configs = expand(spec, shaped=True)
-                sweep.raw = RawLog(sweep.raw_path, {**spec.protocol(), "launcher": "torchrun"})
+                sweep.prepare(mode="cluster", protocol_extra={"launcher": "torchrun"})
                 if os.path.isdir(a.out):
                     raise ValueError(f"--out {a.out} is a directory; give a .json file path")
                 todo = [c.key for c in sweep.pending() if c.world_size == ws]
@@ -201,7 +163,8 @@ def cluster_main(a, argv_tail) -> int:
         if a.shape_iface:
             shaper = Shaper(a.shape_iface)
         if rank == 0:
-            _progress(sweep, len(todo) + len([c for c in sweep.pending() if c.world_size == 1]))
+            sweep.start_progress(len(todo) + len([c for c in sweep.pending() if c.world_size == 1]),
+                                 desc="profile-cluster")
         for k in sorted({c.pass_no for c in configs}):          # --passes: the grid in turn
             in_pass = [c for c in configs if c.pass_no == k]
             for bw in sorted({c.bw for c in in_pass}):
@@ -209,7 +172,7 @@ def cluster_main(a, argv_tail) -> int:
                 for model in dict.fromkeys(c.model for c in in_pass if c.bw == bw):
                     group = [c for c in in_pass if c.bw == bw and c.model == model]
                     plan = group_plan(spec, model, ws, group, energy_scope="per-device")
-                    run_group(plan, rank, ws, (lambda row, _l=link, _bw=bw: sweep._record(row, _l, _bw))
+                    run_group(plan, rank, ws, (lambda row, _l=link, _bw=bw: sweep.record(row, _l, _bw))
                               if rank == 0 else (lambda row: None))
         if shaper is not None:
             shaper.close()
@@ -219,10 +182,8 @@ def cluster_main(a, argv_tail) -> int:
         singles = [c for c in sweep.pending() if c.world_size == 1]
         for k, model in dict.fromkeys((c.pass_no, c.model) for c in singles):
             plan = group_plan(spec, model, 1, [c for c in singles if c.model == model and c.pass_no == k])
-            run_group(plan, 0, 1, lambda row: sweep._record(row, None, None))
-        sweep.raw.close()
-        if sweep._bar is not None:
-            sweep._bar.close()
+            run_group(plan, 0, 1, lambda row: sweep.record(row, None, None))
+        sweep.finish()
         sweep.overrides = _overrides(envs, a.shape_iface, iface, ws)
         d = sweep.write_map()
         s = d["sweep"]
@@ -248,15 +209,6 @@ def _exit(code: int) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _progress(sweep, total: int) -> None:
-    sweep._t_last = time.monotonic()
-    sweep._bar = None
-    if sweep.progress and total:
-        from tqdm import tqdm
-        sweep._bar = tqdm(total=total, file=sys.stderr, unit="cfg", dynamic_ncols=True,
-                          desc="profile-cluster", smoothing=0.1)
 
 
 def _set_rate(rank: int, ws: int, bw: float, shaper, iface, sweep) -> Optional[dict]:
@@ -304,20 +256,9 @@ def _overrides(envs: list, shape_iface, iface, ws: int) -> dict:
     }
 
 
-def add_cluster_args(p) -> None:
-    from .profile import add_profile_args
+def add_args(p) -> None:
+    from .driver import add_args as add_profile_args
 
     add_profile_args(p)
     p.add_argument("--shape-iface", help="set each --bw with tc tbf on this interface's egress "
                                          "on every device (root); without it give one --bw")
-
-
-def _register() -> None:
-    from .cli import COMMANDS, command
-
-    if "profile-cluster" not in COMMANDS:
-        command("profile-cluster", "profiling sweep across real devices under torchrun -> perf map")(
-            (add_cluster_args, cluster_main))
-
-
-_register()

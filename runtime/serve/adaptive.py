@@ -33,15 +33,23 @@ import torch
 import torch.distributed as dist
 
 from costmodel.formulas import offsets
+from costmodel.strategies import get_formula, mode_label
 
-from .masks import token_info
-from .strategies import DistContext, create_strategy
+from ..models.masks import token_info
+from ..parallel import DistContext, create_strategy, list_strategies
 
 log = logging.getLogger("runtime.adaptive")
 
 OP_STOP, OP_RUN, OP_PROBE = 0, 1, 2
-STRATEGY_CODES = {"single": 0, "voltage": 1, "prism": 2}
-CODE_STRATEGY = {v: k for k, v in STRATEGY_CODES.items()}
+def strategy_code(name: str) -> int:
+    """A strategy's code in the control header: its index in the (shared) registry."""
+    return list_strategies().index(name)
+
+
+def _options(strategy: str, m: int) -> dict:
+    """Options a worker builds the strategy with: m for a compressing one, else none."""
+    return {"m": m} if get_formula(strategy).compresses else {}
+
 DTYPES = [torch.float32, torch.int64, torch.float16, torch.bfloat16, torch.uint8, torch.bool,
           torch.int32]
 HEADER = 32
@@ -69,7 +77,7 @@ def unpack_like(template_type, tensors: list):
 
 def _header(op: int, strategy: str = "single", m: int = 0, tensors=()) -> torch.Tensor:
     h = torch.zeros(HEADER, dtype=torch.int64)
-    h[0], h[1], h[2], h[3] = op, STRATEGY_CODES[strategy], m, len(tensors)
+    h[0], h[1], h[2], h[3] = op, strategy_code(strategy), m, len(tensors)
     for i, t in enumerate(tensors):
         base = 4 + 6 * i
         if t.dim() > 4 or base + 6 > HEADER:
@@ -92,7 +100,7 @@ def _shapes(h: torch.Tensor) -> list:
 class Decision:
     """What the policy chose for one batch."""
 
-    strategy: str                 # single | voltage | prism
+    strategy: str                 # a registered strategy (runtime.list_strategies())
     cr: Optional[float] = None
     m: Optional[int] = None
     predicted_ms: Optional[float] = None
@@ -101,7 +109,7 @@ class Decision:
 
     @property
     def mode(self) -> str:
-        return self.strategy if self.strategy != "prism" else f"prism(cr={self.cr:g})"
+        return mode_label(self.strategy, self.cr)
 
 
 @dataclass
@@ -255,7 +263,7 @@ class AdaptiveRunner:
         dec = self.decide(batch)
         t0 = time.perf_counter()
         fault, executed, scatter = None, "single", 0
-        if dec.strategy != "single" and self.group.up.is_set():
+        if get_formula(dec.strategy).distributed and self.group.up.is_set():
             try:
                 logits, scatter = self._run_distributed(dec, inputs, batch)
                 executed = dec.mode
@@ -273,7 +281,7 @@ class AdaptiveRunner:
         """Tell the workers what to run and send each its input: its own embedded rows
         (B, L_q, d) for models without masks (ViT: half an image costs more than its
         rows), else the raw inputs (token ids are small; masks need every position)."""
-        opts = {"m": dec.m} if dec.strategy == "prism" else {}
+        opts = _options(dec.strategy, dec.m)
         ctx = DistContext(0, self.world_size, torch.device("cpu"), self.exchange)
         runner = create_strategy(dec.strategy, **opts).apply(self.adapter, ctx, batch)
         by_rows = token_info(self.adapter, inputs) is None
@@ -374,8 +382,8 @@ def serve_worker(adapter, rank: int, world_size: int, host: str, port: int, *,
                 if op == OP_PROBE:
                     dist.send(torch.zeros(1), 0)
                     continue
-                strategy = CODE_STRATEGY[int(h[1])]
-                opts = {"m": int(h[2])} if strategy == "prism" else {}
+                strategy = list_strategies()[int(h[1])]
+                opts = _options(strategy, int(h[2]))
                 ctx = DistContext(rank, world_size, torch.device("cpu"), exchange)
                 runner = create_strategy(strategy, **opts).apply(adapter, ctx, tensors[0].shape[0])
                 with torch.inference_mode():
@@ -389,45 +397,3 @@ def serve_worker(adapter, rank: int, world_size: int, host: str, port: int, *,
                      str(e).splitlines()[0][:120])
             _destroy()
             time.sleep(0.2)
-
-
-
-class TablePolicy:
-    """Adapts a torch-free `costmodel.decision.DecisionTable` to the runner's policy
-    interface: (batch, bw) -> Decision, with m resolved for this model's token count."""
-
-    def __init__(self, table, seq_len: int, world_size: int, default_bw: float = 500.0,
-                 scatter_bytes_per_sample: float = 0.0):
-        import math
-
-        self.table, self.default_bw = table, default_bw
-        self.lp = math.ceil(seq_len / world_size)
-        self.scatter = scatter_bytes_per_sample
-
-    def _bw(self, bw):
-        return self.default_bw if bw is None else bw
-
-    def __call__(self, batch: int, bw: Optional[float]) -> Decision:
-        """The table's choice, re-ranked with the cost a profile does not contain: sending
-        the workers their input rows (`scatter_bytes_per_sample` x batch at `bw`), which
-        every distributed candidate pays before its first block."""
-        bw = self._bw(bw)
-        d = self.table.choose(batch, bw)
-        extra = self.scatter * batch * 8 / (bw * 1e6) * 1e3
-        cost = {k: v["latency_ms"] + (0.0 if k == "single" else extra)
-                for k, v in d["predicted"].items()}
-        mode = min(cost, key=cost.get)
-        s, cr = next((s, c) for (s, c), lab in zip(self.table.candidates, self.table.labels) if lab == mode)
-        m = None if cr is None else max(1, int(round(self.lp / cr)))
-        rest = sorted(cost.values())
-        margin = (rest[1] - rest[0]) / rest[1] if len(rest) > 1 and rest[1] > 0 else 0.0
-        return Decision(s, cr=cr, m=m, predicted_ms=cost[mode],
-                        source=d["predicted"][mode]["source"], margin=margin)
-
-    def predict(self, batch: int, bw: Optional[float], dec: Decision) -> Optional[float]:
-        """Predicted latency (ms) of an earlier decision now, scatter included."""
-        bw = self._bw(bw)
-        ms = self.table.predicted(batch, bw, dec.strategy, dec.cr)
-        if ms is not None and dec.strategy != "single":
-            ms += self.scatter * batch * 8 / (bw * 1e6) * 1e3
-        return ms

@@ -600,7 +600,7 @@ class Testbed:
                on_stdout_line: Optional[Callable[[str], None]] = None) -> str:
         """Run argv as ranks 0..P-1 inside the namespaces (rank r pinned to its core, one
         thread), MASTER_ADDR = rank 0's address; returns rank 0's stdout."""
-        from .launch import launch
+        from ..launch import launch
 
         self.verify()
         return launch(list(argv), self.world_size, master_addr=self.addr(0), timeout_s=timeout_s,
@@ -610,7 +610,7 @@ class Testbed:
 
 # --------------------------------------------------------------------------- CLI
 
-def add_testbed_args(p) -> None:
+def add_args(p) -> None:
     p.add_argument("action", choices=("check", "cleanup"),
                    help="check: build the testbed, measure the rate, tear down; "
                         "cleanup: remove namespaces left by killed processes")
@@ -624,8 +624,8 @@ def add_testbed_args(p) -> None:
     p.add_argument("--all", action="store_true", help="cleanup: also namespaces of live processes")
 
 
-def testbed_main(a, argv_tail) -> int:
-    from .cli import UsageError
+def main(a, argv_tail) -> int:
+    from ..errors import UsageError
 
     if a.action == "cleanup":
         print(json.dumps({"removed": cleanup_stale(a.prefix, all_=a.all)}))
@@ -650,14 +650,3 @@ def testbed_main(a, argv_tail) -> int:
         "error_pct": None if nominal is None else round(100 * (mbps - nominal) / nominal, 2),
         "link": link}))
     return 0
-
-
-def _register() -> None:
-    from .cli import COMMANDS, command
-
-    if "testbed" not in COMMANDS:
-        command("testbed", "emulated edge network: check the shaped link, clean up namespaces")(
-            (add_testbed_args, testbed_main))
-
-
-_register()

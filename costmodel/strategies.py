@@ -1,0 +1,329 @@
+"""The analytical half of every strategy, in one registry (torch-free).
+
+    plan = make_plan("prism", vit_shape(), world_size=2, batch=8, cr=9.9)
+    plan.comm_bytes(0), plan.flops(0), plan.n_exchanges
+    list_strategies()                         # every registered name
+    list_strategies(splits_weights=True)      # ['galaxy', 'tensor_parallel']
+
+A `Formula` says how a strategy partitions a model and what that costs: its options
+(beyond partition and exchange), rows sent per block, bytes sent / received / staged,
+FLOPs per device, exchanges and latency-bearing message steps per pass, and the flags
+the fitted cost model and the decision hook read (`distributed`, `compresses`,
+`splits_weights`, `overlaps_comm`, `candidates`). The runtime's strategy of the same name
+(runtime/parallel/<name>.py) sends exactly these bytes (tested). Every list of strategies
+in the project (features, the fitted model, decision candidates, plots, sweeps, the CLI)
+is derived from this registry and the runtime's; adding a strategy is one Formula here
+(or registered from the strategy's own module) plus its runtime module.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from .formulas import (COLLECTIVES, EXCHANGE_MODES, ModelShape, Plan, block_flops, check_partition,
+                       even_partition, means_per_device, resolve_m, ring_allreduce_bytes, rs_ag_rows,
+                       tp_block_flops, units_split)
+
+_FORMULAS: dict = {}
+
+
+def register_formula(formula: "Formula") -> "Formula":
+    """Register a Formula instance under formula.name; a name registered twice raises."""
+    if formula.name in _FORMULAS:
+        raise ValueError(f"strategy formula {formula.name!r} is already registered")
+    _FORMULAS[formula.name] = formula
+    return formula
+
+
+def unregister_formula(name: str) -> None:
+    """Remove a formula registered at run time (tests)."""
+    _FORMULAS.pop(name, None)
+
+
+def get_formula(name: str) -> "Formula":
+    if name not in _FORMULAS:
+        raise ValueError(f"unknown strategy {name!r}; known: {list_strategies()}")
+    return _FORMULAS[name]
+
+
+def list_strategies(**flags) -> list:
+    """Registered strategy names, sorted; keyword flags filter (e.g. compresses=True)."""
+    return sorted(n for n, f in _FORMULAS.items()
+                  if all(getattr(f, k) == v for k, v in flags.items()))
+
+
+def decision_candidates(*, include_split_weights: bool = False) -> tuple:
+    """(strategy, cr) pairs the decision hook compares by default: every registered
+    strategy with its `candidates`; weight-splitting strategies only when asked (a
+    profile must have been fitted on them)."""
+    out = []
+    for name in _order(list_strategies()):
+        f = _FORMULAS[name]
+        if f.splits_weights and not include_split_weights:
+            continue
+        out += [(name, c) for c in f.candidates]
+    return tuple(out)
+
+
+def mode_label(strategy: str, cr=None) -> str:
+    """The one name of a (strategy, cr) mode in tables, JSON and plots: 'prism(cr=9.9)'."""
+    return strategy if cr is None else f"{strategy}(cr={float(cr):g})"
+
+
+def _order(names: list) -> list:
+    """Display order: single first, then by registration order."""
+    reg = list(_FORMULAS)
+    return sorted(names, key=lambda n: (n != "single", reg.index(n)))
+
+
+def make_plan(strategy: str, shape: ModelShape, *, world_size: int = 2, batch: int = 1,
+              partition: Sequence[int] | None = None, exchange: str = "pairwise",
+              elem_bytes: int = 4, **options) -> Plan:
+    """Resolve a strategy on a shape; validates every argument with a one-line error.
+    options: the strategy's own (prism: cr or m; tensor_parallel: heads, cols,
+    collective; galaxy: heads, cols, tiles); None means "the default"."""
+    f = get_formula(strategy)
+    if exchange not in EXCHANGE_MODES:
+        raise ValueError(f"unknown exchange {exchange!r}; known: {list(EXCHANGE_MODES)}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch={batch} must be an integer >= 1")
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size={world_size} must be an integer >= 1")
+    given = sorted(k for k, v in options.items() if v is not None)
+    bad = [k for k in given if k not in f.options]
+    if bad:
+        owners = sorted({n for n, g in _FORMULAS.items() for k in bad if k in g.options})
+        raise ValueError(f"option(s) {bad} do not apply to {strategy!r} (its options: "
+                         f"{list(f.options) or 'none'}; {bad[0]} applies to {owners})")
+    return f.make_plan(shape, world_size=world_size, batch=batch, partition=partition,
+                       exchange=exchange, elem_bytes=elem_bytes,
+                       **{k: options.get(k) for k in f.options})
+
+
+class Formula:
+    """Base: position-wise partitioning, each device exchanging its own rows with every
+    peer once per block (Voltage's accounting). Subclasses override what differs."""
+
+    name = "?"
+    label = "?"                 # display name
+    options: tuple = ()         # make_plan options beyond partition / exchange
+    distributed = True          # False: one device, no link (single)
+    compresses = False          # takes cr / m: its configurations sweep the cr axis
+    splits_weights = False      # heads / columns split: fitted with their own phase params
+    overlaps_comm = False       # comm overlapped with compute: the fitted overlap layer
+    all_rows = False            # every device computes on all N rows
+    candidates: tuple = (None,)  # decision candidates: (None,) or cr values
+
+    def make_plan(self, shape, *, world_size, batch, partition, exchange, elem_bytes, **opts) -> Plan:
+        n = shape.seq_len
+        sizes = check_partition(partition, n) if partition is not None else even_partition(n, world_size)
+        if len(sizes) != world_size:
+            raise ValueError(f"partition {sizes} has {len(sizes)} parts for world_size={world_size}")
+        return Plan(self.name, shape, world_size, batch, tuple(sizes), kv_rows=(n,) * world_size,
+                    exchange=exchange, elem_bytes=elem_bytes, formula=self)
+
+    # per pass, per device ------------------------------------------------------------
+    def n_exchanges(self, plan: Plan) -> int:
+        return 0 if plan.world_size == 1 else plan.shape.n_layers
+
+    def n_messages(self, plan: Plan) -> int:
+        """Latency-bearing message steps per pass (costmodel.features docstring)."""
+        return plan.n_exchanges
+
+    def rows_sent(self, plan: Plan, rank: int) -> int:
+        return plan.sizes[rank]
+
+    def comm_bytes(self, plan: Plan, rank: int) -> int:
+        if plan.n_exchanges == 0:
+            return 0
+        return ((plan.world_size - 1) * plan.rows_per_message(rank) * plan.shape.d * plan.elem_bytes
+                * plan.batch * plan.n_exchanges)
+
+    def recv_bytes(self, plan: Plan, rank: int) -> int:
+        if plan.n_exchanges == 0:
+            return 0
+        rows = sum(plan.rows_per_message(q) for q in range(plan.world_size) if q != rank)
+        return rows * plan.shape.d * plan.elem_bytes * plan.batch * plan.n_exchanges
+
+    def staged_bytes(self, plan: Plan, rank: int) -> int:
+        if plan.n_exchanges == 0:
+            return 0
+        rows = sum(plan.rows_sent(q) for q in range(plan.world_size))
+        return rows * plan.shape.d * plan.elem_bytes * plan.batch * plan.n_exchanges
+
+    def flops(self, plan: Plan, rank: int, *, embed: bool = True, head: bool = True) -> float:
+        s = plan.shape
+        f = s.n_layers * block_flops(plan.sizes[rank], plan.kv_rows[rank], s.d, s.d_ff)
+        if embed:
+            f += s.embed_flops * plan.sizes[rank] / s.seq_len
+        if head and rank == 0:
+            f += s.head_flops
+        return f * plan.batch
+
+    def extra_dict(self, plan: Plan) -> dict:
+        """Strategy-specific entries of Plan.to_dict()."""
+        return {}
+
+
+class Single(Formula):
+    name, label, distributed = "single", "single device", False
+
+    def make_plan(self, shape, *, world_size, batch, partition, exchange, elem_bytes, **opts):
+        if world_size != 1:
+            raise ValueError(f"strategy 'single' runs on one device; world_size={world_size} must be 1")
+        n = shape.seq_len
+        return Plan("single", shape, 1, batch, (n,), kv_rows=(n,), exchange=exchange,
+                    elem_bytes=elem_bytes, formula=self)
+
+    def n_exchanges(self, plan):
+        return 0
+
+
+class Voltage(Formula):
+    """Full-feature exchange: (P-1) L_p d b B bytes per device per block."""
+
+    name, label = "voltage", "Voltage"
+
+
+class Prism(Formula):
+    """Segment means: each device sends m means of its rows (CR = L_p / m, L_p the largest
+    part); K/V rows per device = own rows + every peer's means."""
+
+    name, label, options, compresses = "prism", "Prism", ("cr", "m"), True
+    candidates = (3.3, 4.95, 9.9)
+
+    def make_plan(self, shape, *, world_size, batch, partition, exchange, elem_bytes, cr=None, m=None):
+        base = super().make_plan(shape, world_size=world_size, batch=batch, partition=partition,
+                                 exchange=exchange, elem_bytes=elem_bytes)
+        sizes = base.sizes
+        m, cr = resolve_m(max(sizes), cr=cr, m=m)
+        ms = means_per_device(sizes, m)
+        kv = tuple(sizes[p] + sum(ms[q] for q in range(world_size) if q != p) for p in range(world_size))
+        return Plan("prism", shape, world_size, batch, sizes, m=m, cr=cr, kv_rows=kv,
+                    exchange=exchange, elem_bytes=elem_bytes, formula=self)
+
+    def rows_sent(self, plan, rank):
+        return means_per_device(plan.sizes, plan.m)[rank]
+
+
+class HeadColumnSplit(Formula):
+    """tensor_parallel / galaxy: attention heads and MLP columns split over devices.
+
+    Per block, per device r (N tokens, d, element size b, batch B, P devices):
+      tensor_parallel: 2 all-reduces of the (B, N, d) partial sums. A ring all-reduce
+        (GLOO's own, collective "native") sends 2 (P-1)/P N d b per all-reduce; "pairwise"
+        runs it as a reduce-scatter then an all-gather over the row chunks
+        c = even_partition(N, P), sending (N - c_r) + (P-1) c_r rows.
+      galaxy: 2 reduce-scatters and 2 all-gathers over the sequence split n: device r
+        sends (N - n_r) rows per reduce-scatter and (P-1) n_r rows per all-gather.
+      Voltage : tensor_parallel = 1 : 4 for even splits.
+    GLOO's own reduce_scatter sends an all-reduce's bytes (measured with /proc/self/io on
+    torch 2.14), so galaxy's reduce-scatter is pairwise isend/irecv."""
+
+    splits_weights = True
+    collectives_per_block = 2
+
+    def _units(self, shape, world_size, heads, cols):
+        return (units_split(heads, shape.heads, world_size, "heads"),
+                units_split(cols, shape.d_ff, world_size, "cols"))
+
+    def n_exchanges(self, plan):
+        return 0 if plan.world_size == 1 else plan.shape.n_layers * self.collectives_per_block
+
+    def rows_sent(self, plan, rank):
+        return 0
+
+    def comm_bytes(self, plan, rank):
+        if plan.world_size == 1:
+            return 0
+        s, unit = plan.shape, plan.shape.d * plan.elem_bytes * plan.batch
+        if plan.collective == "native":
+            per_block = 2 * ring_allreduce_bytes(s.seq_len * s.d * plan.batch, plan.world_size,
+                                                 plan.elem_bytes)
+        else:
+            per_block = 2 * rs_ag_rows(plan.sizes, rank) * unit
+        return per_block * s.n_layers
+
+    def recv_bytes(self, plan, rank):
+        return self.comm_bytes(plan, rank)      # pairwise RS+AG and the ring: recv == sent
+
+    def staged_bytes(self, plan, rank):
+        """Native all-reduce: N rows each way; pairwise reduce-scatter (N - s_r) out,
+        (P-1) s_r in; pairwise all-gather s_r out, (N - s_r) in."""
+        if plan.world_size == 1:
+            return 0
+        n, sr, p = plan.shape.seq_len, plan.sizes[rank], plan.world_size
+        rows = 2 * n if plan.collective == "native" else (n - sr) + (p - 1) * sr + sr + (n - sr)
+        return 2 * rows * plan.shape.d * plan.elem_bytes * plan.batch * plan.shape.n_layers
+
+    embed_all_rows = True
+
+    def flops(self, plan, rank, *, embed=True, head=True):
+        """Every device runs its heads and columns over all N rows (the connective ops,
+        not matmuls, are duplicated by tensor_parallel and split by galaxy)."""
+        s = plan.shape
+        a = plan.heads_split[rank] * (s.d // s.heads)
+        f = s.n_layers * tp_block_flops(s.seq_len, s.seq_len, s.d, a, plan.cols_split[rank])
+        if embed:
+            f += s.embed_flops * (1.0 if self.embed_all_rows else plan.sizes[rank] / s.seq_len)
+        if head and rank == 0:
+            f += s.head_flops
+        return f * plan.batch
+
+    def extra_dict(self, plan):
+        return {"heads": list(plan.heads_split), "cols": list(plan.cols_split),
+                "collective": plan.collective, "tiles": plan.tiles}
+
+
+class TensorParallel(HeadColumnSplit):
+    name, label, options = "tensor_parallel", "tensor parallel", ("heads", "cols", "collective", "tiles")
+    all_rows = True
+
+    def make_plan(self, shape, *, world_size, batch, partition, exchange, elem_bytes,
+                  heads=None, cols=None, collective=None, tiles=None):
+        hs, cs = self._units(shape, world_size, heads, cols)
+        if tiles not in (None, 1):
+            raise ValueError(f"tiles={tiles}: tile overlap applies to galaxy only")
+        coll = "native" if collective is None else collective
+        if coll not in COLLECTIVES:
+            raise ValueError(f"unknown collective {coll!r}; known: {list(COLLECTIVES)}")
+        if partition is not None:
+            raise ValueError("tensor_parallel keeps every token on every device; partition applies "
+                             "to voltage, prism and galaxy")
+        n = shape.seq_len
+        return Plan(self.name, shape, world_size, batch, tuple(even_partition(n, world_size)),
+                    kv_rows=(n,) * world_size, exchange=exchange, elem_bytes=elem_bytes,
+                    heads_split=hs, cols_split=cs, collective=coll, tiles=1, formula=self)
+
+    def n_messages(self, plan):
+        if plan.collective == "native":     # a ring all-reduce: 2 (P-1) steps
+            return plan.n_exchanges * 2 * (plan.world_size - 1)
+        return plan.n_exchanges * 2         # pairwise reduce-scatter + all-gather
+
+
+class Galaxy(HeadColumnSplit):
+    name, label, options = "galaxy", "Galaxy", ("heads", "cols", "tiles", "collective")
+    overlaps_comm = True
+    collectives_per_block = 4
+    embed_all_rows = False
+
+    def make_plan(self, shape, *, world_size, batch, partition, exchange, elem_bytes,
+                  heads=None, cols=None, tiles=None, collective=None):
+        hs, cs = self._units(shape, world_size, heads, cols)
+        if collective not in (None, "pairwise"):
+            raise ValueError(f"galaxy collective {collective!r}; allowed: ['pairwise'] (GLOO's "
+                             "reduce_scatter sends an all-reduce's bytes)")
+        base = Formula.make_plan(self, shape, world_size=world_size, batch=batch, partition=partition,
+                                 exchange=exchange, elem_bytes=elem_bytes)
+        t = 1 if tiles is None else tiles
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise ValueError(f"tiles={tiles} must be an integer >= 1")
+        return Plan(self.name, shape, world_size, batch, base.sizes, kv_rows=base.kv_rows,
+                    exchange=exchange, elem_bytes=elem_bytes, heads_split=hs, cols_split=cs,
+                    collective="pairwise", tiles=t, formula=self)
+
+    def n_messages(self, plan):
+        return plan.n_exchanges * plan.tiles    # one step per collective per tile
+
+
+for _f in (Single(), Voltage(), Prism(), TensorParallel(), Galaxy()):
+    register_formula(_f)

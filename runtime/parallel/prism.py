@@ -1,0 +1,103 @@
+"""prism: Segment Means exchange (Qazi et al.), on Voltage's partition.
+
+Each device sends m per-segment means of its L_p rows (torch.tensor_split segments)
+instead of the rows; attention runs over own rows plus every peer's means, with log(s)
+added to a mean's logit so that it weighs as the s tokens it stands for. CR = L_p / m.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from costmodel.formulas import segment_sizes
+from ..models.masks import prism_masks
+from .base import Strategy, opt, register_strategy
+
+AVERAGED = ("output", "ln1")
+
+
+def segment_mean_matrix(rows: int, m: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """(m, rows) averaging matrix with tensor_split segments: A @ X = segment means."""
+    a = torch.zeros(m, rows, dtype=dtype)
+    start = 0
+    for j, s in enumerate(segment_sizes(rows, m)):
+        a[j, start:start + s] = 1.0 / s
+        start += s
+    return a.to(device)
+
+
+@dataclass(frozen=True)
+class PrismState:
+    """What one rank prepares once: every rank's mean count, this rank's averaging
+    matrix, and the log-count bias over [own rows | peers' means] (None if all zero)."""
+
+    means_rows: list
+    avg: torch.Tensor
+    bias: Optional[torch.Tensor]
+
+
+@register_strategy("prism")
+@dataclass(frozen=True)
+class Prism(Strategy):
+    """cr or m: compression (CR = L_p / m, L_p = ceil(N/P)).
+    log_bias: the count-weighted softmax (switch off to measure its effect).
+    averaged: "output" (block input = previous block output; receivers apply norm1 to
+              the means) or "ln1" (means of norm1 output; K/V of a mean = mean of K/V)."""
+
+    cr: Optional[float] = opt(None, "compression rate L_p/m, in [1, L_p]")
+    m: Optional[int] = opt(None, "segment means per device, in [1, L_p] (under torchrun write "
+                                 "--segment-means: torchrun takes --m as its own --module)",
+                           aliases=("--segment-means",), exclusive="cr")
+    log_bias: bool = opt(True, "count-weighted softmax (--no-log-bias: plain softmax over means)")
+    averaged: str = opt("output", "averaged tensor", choices=AVERAGED)
+
+    def __post_init__(self):
+        if self.averaged not in AVERAGED:
+            raise ValueError(f"unknown averaged tensor {self.averaged!r}; known: {list(AVERAGED)}")
+        if (self.cr is None) == (self.m is None):
+            raise ValueError("prism needs exactly one of cr or m (e.g. --cr 9.9 or --m 10)")
+
+    def plan_options(self):
+        return {"cr": self.cr, "m": self.m}
+
+    def prepare(self, adapter, ctx, plan):
+        ms = [plan.rows_sent(q) for q in range(ctx.world_size)]
+        rows = plan.sizes[ctx.rank]
+        cols = [torch.zeros(rows)]
+        for q in range(ctx.world_size):
+            if q != ctx.rank:
+                s = segment_sizes(plan.sizes[q], ms[q])
+                cols.append(torch.tensor([math.log(c) if self.log_bias else 0.0 for c in s]))
+        bias = torch.cat(cols).to(ctx.device)
+        return PrismState(ms, segment_mean_matrix(rows, ms[ctx.rank], device=ctx.device),
+                          None if not bias.any() else bias.view(1, 1, 1, -1))
+
+    def masks(self, run, info):
+        if info is None or run.ctx.world_size == 1:
+            return super().masks(run, info)
+        plan, ms = run.plan, run.state.means_rows
+        segs = [segment_sizes(plan.sizes[q], ms[q]) for q in range(run.ctx.world_size)]
+        return prism_masks(info, run.ctx.rank, plan.sizes, segs, self.log_bias,
+                           1 if info.valid is None else info.valid.shape[0], run.ctx.device)
+
+    def block_step(self, run, i, x, ex, timer):
+        ctx, ad, st = run.ctx, run.adapter, run.state
+        if ctx.world_size == 1:
+            with timer.phase("compute"):
+                return ad.block(i, x, None, run.bias)
+        mk = run.masks
+        with timer.phase("compute"):
+            src = x if self.averaged == "output" else ad.kv_input(i, x)
+            if mk is not None and mk.weights is not None:   # means over valid rows only
+                means = torch.matmul(mk.weights.to(src.dtype), src)
+            else:
+                means = torch.matmul(st.avg, src)
+        parts = ex.exchange(means, st.means_rows)
+        with timer.phase("compute"):
+            remote = torch.cat([p for q, p in enumerate(parts) if q != ctx.rank], dim=1)
+            if self.averaged == "output":
+                remote = ad.kv_input(i, remote)
+            return ad.block(i, x, remote, st.bias if mk is None else mk.bias)

@@ -1,0 +1,114 @@
+"""`python -m runtime serve`: the per-rank entry of one request stream. Rank 0 runs the
+AdaptiveRunner (one JSON line per request on stdout); the other ranks serve.
+
+    python -m runtime serve --policy adaptive --costmodel fitted.json --stream 1,8,16 ...
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from ..errors import UsageError
+
+
+def add_args(p) -> None:
+    p.add_argument("--model", default="vit_tiny_patch16_224")
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--depth", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--world-size", type=int, default=2)
+    p.add_argument("--policy", default="adaptive",
+                   help="adaptive, or a static strategy (runtime.list_strategies(); with --cr when it compresses)")
+    p.add_argument("--cr", type=float, default=9.9, help="static prism CR")
+    p.add_argument("--costmodel", help="fitted CostModel JSON (adaptive)")
+    p.add_argument("--perfmap", help="perf map whose exact entries override the model (adaptive)")
+    p.add_argument("--objective", default="latency", help="latency | energy")
+    p.add_argument("--stream", required=True, help="batch sizes of the requests, e.g. 1,8,16")
+    p.add_argument("--switch-at", type=int, default=-1,
+                   help="request index before which the orchestrator changes the bandwidth")
+    p.add_argument("--sync-dir", help="folder for the bandwidth-switch handshake")
+    p.add_argument("--initial-bw", type=float, help="bandwidth estimate before any observation, Mbit/s")
+    p.add_argument("--timeout", type=float, default=10.0, help="exchange timeout, s")
+    p.add_argument("--probe-every", type=int, default=4)
+
+
+def main(a, argv) -> int:
+    import torch
+
+    from ..models import ModelSpec, build_adapter
+    from .adaptive import AdaptiveRunner, serve_worker
+    from .policy import FixedPolicy, TablePolicy, segment_means
+
+    rank, ws = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", a.world_size))
+    host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29400"))
+    torch.set_num_threads(1)
+    core = os.environ.get("PRISM_EDGE_CORE")
+    if core is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(core)})
+    try:
+        stream = [int(s) for s in a.stream.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--stream {a.stream!r} must be comma-separated batch sizes")
+    if not stream or min(stream) < 1:
+        raise UsageError(f"--stream {a.stream!r} must hold batch sizes >= 1")
+    ad = build_adapter(ModelSpec(a.model, img_size=a.img_size, depth=a.depth, seed=a.seed))
+    if rank != 0:
+        serve_worker(ad, rank, ws, host, port, timeout_s=a.timeout)
+        return 0
+    if a.policy == "adaptive":
+        if not a.costmodel:
+            raise UsageError("--policy adaptive needs --costmodel PATH")
+        from costmodel.decision import DecisionTable
+        from costmodel.model import CostModel
+        from costmodel.perfmap import load_perfmap
+        from costmodel.strategies import decision_candidates, list_strategies
+
+        cm = CostModel.load(a.costmodel)
+        pm = load_perfmap(a.perfmap) if a.perfmap else None
+        crs = sorted({r.get("cr_requested") or r["cr"] for r in pm.usable() if r.get("cr")}) \
+            if pm else [9.9]
+        cands = [(s, c) for s, c in decision_candidates() if c is None]
+        cands += [(s, c) for s in list_strategies(compresses=True) for c in crs]
+        table = DecisionTable(cm, pm, candidates=cands, objective=a.objective,
+                              seq_len=ad.seq_len, world_size=ws, model_name=a.model,
+                              batches=range(1, max(stream) + 1))
+        import math
+        # ViT workers receive their embedded rows: (N - L_0) x d float32 per sample
+        scatter = (ad.seq_len - math.ceil(ad.seq_len / ws)) * ad.shape.d * 4
+        policy = TablePolicy(table, ad.seq_len, ws, default_bw=a.initial_bw or 500.0,
+                             scatter_bytes_per_sample=scatter)
+    else:
+        from costmodel.strategies import get_formula
+        from ..parallel import list_strategies
+
+        if a.policy not in list_strategies():
+            raise UsageError(f"unknown policy {a.policy!r}; allowed: adaptive, {', '.join(list_strategies())}")
+        cr = a.cr if get_formula(a.policy).compresses else None
+        try:
+            policy = FixedPolicy(a.policy, cr=cr, m=segment_means(ad.seq_len, ws, cr))
+        except ValueError as e:
+            raise UsageError(str(e))
+    runner = AdaptiveRunner(ad, policy, world_size=ws, host=host, port=port, timeout_s=a.timeout,
+                            probe_every=a.probe_every, initial_bw=a.initial_bw)
+    runner.start(block=True)
+    try:
+        for i, b in enumerate(stream):
+            if i == a.switch_at and a.sync_dir:
+                print(json.dumps({"event": "switch", "request": i}), flush=True)
+                flag = os.path.join(a.sync_dir, "switched")
+                t0 = time.time()
+                while not os.path.exists(flag) and time.time() - t0 < 60:
+                    time.sleep(0.05)
+            x = ad.make_inputs(b, seed=a.seed + 1000 + i)
+            r = runner.submit(x)
+            d = r.decision
+            print(json.dumps({"event": "request", "i": i, "batch": b, "mode": d.mode,
+                              "executed": r.executed, "latency_ms": r.latency_ms,
+                              "per_sample_ms": r.latency_ms / b, "bw_estimate": r.bw_estimate,
+                              "source": d.source, "predicted_ms": d.predicted_ms,
+                              "margin": d.margin, "fault": r.fault}), flush=True)
+        print(json.dumps({"event": "done", "counts": runner.counts, "events": runner.events}), flush=True)
+    finally:
+        runner.close()
+    return 0
