@@ -259,7 +259,7 @@ def main(argv=None):
     ap.add_argument("--profile-repeats", type=int, default=3)
     ap.add_argument("--out", default=None, help="write rows as JSON here")
     ap.add_argument("--testbed-bw", type=float, default=None,
-                    help="run the ranks in the emulated network (runtime.testbed) at this "
+                    help="run the ranks in the emulated network (runtime.netem.testbed) at this "
                          "Mbit/s instead of loopback")
     a = ap.parse_args(argv)
     a.only = [s for s in a.only.split(",") if s]

@@ -3,8 +3,8 @@
     python -m costmodel.transcribe_jetson [--src data/jetson-orin-nano] \
         [--out data/perfmaps/jetson_orin_nano_paper.json]
 
-Reads the CSV transcriptions in data/jetson-orin-nano/ (copied from
-../shared/reference/jetson-orin-nano/) and writes one perf map. What is measured in the
+Reads the CSV transcriptions of the paper's tables in data/jetson-orin-nano/ and writes
+one perf map. What is measured in the
 paper and what is derived here, record by record (`provenance`):
 
 - Table 2 (18 rows): strategy x batch 1..32 with compute / "Other" (CPU-GPU staging) /

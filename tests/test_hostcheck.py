@@ -1,4 +1,4 @@
-"""runtime.hostcheck: the cores standing in for devices, timed alone and together."""
+"""runtime.measure.hostcheck: the cores standing in for devices, timed alone and together."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Heterogeneity-aware planning (runtime/planner.py): pure-Python tier first, then the
+"""Heterogeneity-aware planning (runtime/parallel/planner.py): pure-Python tier first, then the
 cgroup CPU quota (skipped without write access to a cpu controller)."""
 import os
 import time

@@ -46,7 +46,7 @@ class Sweep:
     def __init__(self, spec: SweepSpec, out: str, raw_path: Optional[str] = None,
                  prefix: str = "pe", progress: bool = True, host_check: bool = False):
         self.spec, self.out = spec, out
-        self.host_check = host_check   # run runtime.hostcheck before and after the sweep
+        self.host_check = host_check   # run measure.hostcheck before and after the sweep
         self.host_checks: dict = {}
         self.raw_path = raw_path or (os.path.splitext(out)[0] + ".raw.jsonl")
         self.prefix, self.progress = prefix, progress
@@ -176,7 +176,7 @@ class Sweep:
                         self._run_group(g, groups[g], tb, tmpdir, stderr_log)
 
     def _host_check(self, when: str) -> None:
-        """Compute stability of the cores the ranks are pinned to (runtime.hostcheck),
+        """Compute stability of the cores the ranks are pinned to (measure/hostcheck.py),
         kept in the map's cluster.host_check; a failure is logged, not fatal."""
         from .hostcheck import HostCheckError, host_check, usable_cores
 

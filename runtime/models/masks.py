@@ -8,7 +8,7 @@ strategies behave exactly as before (ViT):
 The strategies stay model-agnostic: they describe their K/V columns (global positions of
 full-token columns, per-device segment means) and these functions turn that into one
 additive bias per forward pass (0 visible, log(s) for a mean of s valid tokens, -inf
-masked), following ../shared/reference/prism-method.md:
+masked), following docs/method.md:
   - full token at global position t: visible iff valid[t] and (not causal or t <= i),
   - mean of device q's segment with s valid tokens: visible iff s > 0 and (not causal
     or q < p), bias log(s) when the count-weighted softmax is on.
