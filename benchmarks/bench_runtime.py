@@ -19,10 +19,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from costmodel.perfmap import atomic_write_text
 
-from costmodel.perfmap import atomic_write_text  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_cli(args: list, timeout: float = 1800) -> dict:
@@ -58,53 +57,40 @@ def bench_strategies(a) -> list:
     return rows
 
 
-def _exchange_worker(rank, world, port, mode, nbytes, reps, out):
-    import torch
-    import torch.distributed as dist
+def _exchange_worker(rank, world, mode, nbytes, reps):
+    """One rank of the exchange-alone timing (one core, one thread): median ms on rank 0."""
+    import types
 
+    import torch
+
+    from runtime.measure.timing import timed_repeats
     from runtime.parallel import exchange as xch
 
-    torch.set_num_threads(1)
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[rank % len(os.sched_getaffinity(0))]})
-    xch.init_process_group(rank, world, timeout_s=120, master_addr="127.0.0.1", master_port=port)
     d = 384
     rows = max(1, nbytes // (4 * d))
     t = torch.randn(1, rows, d)
     ex = xch.Exchanger(rank, world, torch.device("cpu"), mode)
-    times = []
-    for i in range(reps + 1):
-        dist.barrier()
-        t0 = time.perf_counter()
-        ex.exchange(t, [rows] * world)
-        if i:
-            times.append((time.perf_counter() - t0) * 1e3)
-    if rank == 0:
-        out.put(statistics.median(times))
-    xch.destroy()
+
+    def one(x):
+        ex.exchange(x, [rows] * world)
+        return types.SimpleNamespace(timing=None)
+
+    times, _, _ = timed_repeats(one, t, warmup=1, repeats=reps, world_size=world)
+    return statistics.median(times) if rank == 0 else None
 
 
 def bench_exchange(world: int, nbytes: int, reps: int) -> dict:
-    import torch.multiprocessing as mp
+    from runtime.launch import spawn_ranks
 
-    from runtime.launch import free_port
-
-    ctx = mp.get_context("spawn")
-    res = {}
-    for mode in ("allgather", "pairwise"):
-        q = ctx.Queue()
-        port = free_port()
-        procs = [ctx.Process(target=_exchange_worker, args=(r, world, port, mode, nbytes, reps, q))
-                 for r in range(world)]
-        for p in procs:
-            p.start()
-        res[mode] = q.get(timeout=600)
-        for p in procs:
-            p.join(timeout=60)
-    return res
+    return {mode: spawn_ranks(_exchange_worker, world, mode, nbytes, reps, timeout_s=120,
+                              deadline_s=600)[0]
+            for mode in ("allgather", "pairwise")}
 
 
 _SHAPED = """
-import json, os, statistics, sys, time, torch, torch.distributed as dist
+import json, os, statistics, sys, types, torch
+from runtime.measure.timing import timed_repeats
 from runtime.parallel import exchange as xch
 torch.set_num_threads(1)
 r, w = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -115,10 +101,8 @@ rows = max(1, nbytes // (4 * d))
 t = torch.randn(1, rows, d)
 ex = xch.Exchanger(r, w, torch.device("cpu"), mode)
 ex.exchange(torch.randn(1, 8, d), [8] * w)        # connections warm
-ts = []
-for _ in range(reps):
-    dist.barrier()
-    t0 = time.perf_counter(); ex.exchange(t, [rows] * w); ts.append((time.perf_counter() - t0) * 1e3)
+one = lambda x: (ex.exchange(x, [rows] * w), types.SimpleNamespace(timing=None))[1]
+ts, _, _ = timed_repeats(one, t, warmup=0, repeats=reps, world_size=w)
 if r == 0:
     print(json.dumps({"ms": statistics.median(ts), "bytes": t.numel() * 4}))
 xch.destroy()
@@ -198,7 +182,8 @@ def main():
                   f"pairwise {v['pairwise']:8.1f} ms ({v['pairwise'] / ideal:.2f}x)   "
                   f"bytes/bw {ideal:8.1f} ms   measured link {v['bw_measured']:.1f} Mbit/s")
     atomic_write_text(a.out, json.dumps(
-        {"schema_version": 1, "model": a.model, "batches": a.batches, "repeats": a.repeats,
+        {"command": " ".join(["python", "benchmarks/bench_runtime.py", *sys.argv[1:]]), "schema_version": 1,
+         "model": a.model, "batches": a.batches, "repeats": a.repeats,
          "duration_s": time.time() - t0, "rows": rows, "exchange_ms": exch,
          "exchange_shaped_ms": shaped, "shaped_bw": a.shaped_bw}, indent=1))
     print(f"\nwrote {a.out} ({time.time() - t0:.0f} s)")

@@ -17,15 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
-import tempfile
 import time
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 CONFIGS = [  # (label, strategy, options)
     ("voltage", "voltage", {}),
@@ -47,25 +41,18 @@ def _spec(a):
 
 
 def _measure(runner, x, rank, world, warmup, repeats):
-    import torch.distributed as dist
+    from runtime.measure.timing import timed_repeats
 
-    for _ in range(warmup):
-        runner(x)
-    lat, res = [], None
-    for _ in range(repeats):
-        if world > 1:
-            dist.barrier()
-        t0 = time.perf_counter()
-        res = runner(x)
-        lat.append((time.perf_counter() - t0) * 1e3)
-    tot = res.timing["totals"]
+    lat, _, res = timed_repeats(runner, x, warmup=warmup, repeats=repeats, world_size=world)
+    tot = res.timing["totals"]  # the last pass's
     return {"latency_ms": lat, "comm_bytes": tot["comm_bytes"], "comm_ms": tot["comm_ms"],
             "compute_ms": tot["compute_ms"], "bytes_formula": res.plan.comm_bytes(rank)}
 
 
 def _rows(mine_by_rank, label, strategy, opts, partition, world, extra=None):
-    reps = len(mine_by_rank[0]["latency_ms"])
-    e2e = [max(m["latency_ms"][i] for m in mine_by_rank) for i in range(reps)]
+    from runtime.measure.timing import slowest_rank
+
+    e2e = slowest_rank([m["latency_ms"] for m in mine_by_rank])
     row = {"label": label, "strategy": strategy, "options": opts, "world_size": world,
            "partition": partition, "latency_ms": statistics.median(e2e), "samples_ms": e2e,
            "comm_bytes": [m["comm_bytes"] for m in mine_by_rank],
@@ -152,20 +139,7 @@ def job_hetero(rank, world, a):
 
 # --------------------------------------------------------------------------- launching
 
-def _entry(rank, job, world, port, out_dir, a):
-    import torch
-
-    from runtime.parallel import exchange as xch
-
-    torch.set_num_threads(a.threads)
-    xch.init_process_group(rank, world, timeout_s=a.timeout, master_addr="127.0.0.1", master_port=port)
-    try:
-        res = {"table": job_table, "hetero": job_hetero}[job](rank, world, a)
-    finally:
-        xch.destroy()
-    if rank == 0:
-        with open(os.path.join(out_dir, "rows.json"), "w") as f:
-            json.dump(res, f)
+JOBS = {"table": job_table, "hetero": job_hetero}
 
 
 def _worker(job, args_json):
@@ -180,7 +154,7 @@ def _worker(job, args_json):
     torch.set_num_threads(a.threads)
     xch.init_process_group(rank, world, timeout_s=a.timeout)
     try:
-        res = {"table": job_table, "hetero": job_hetero}[job](rank, world, a)
+        res = JOBS[job](rank, world, a)
     finally:
         xch.destroy()
     if rank == 0:
@@ -188,8 +162,8 @@ def _worker(job, args_json):
 
 
 def launch(job, world, a) -> list:
-    import torch.multiprocessing as mp
-
+    """Rows of `job` on `world` ranks: spawned on loopback (runtime.launch.spawn_ranks),
+    or as processes in the emulated network with --testbed-bw."""
     if a.testbed_bw:
         from runtime.netem.testbed import Testbed
 
@@ -202,14 +176,9 @@ def launch(job, world, a) -> list:
             r.update(bw=a.testbed_bw, bw_measured=a.link_mbps)
         return rows
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as d:
-        mp.start_processes(_entry, args=(job, world, port, d, a), nprocs=world, join=True,
-                           start_method="spawn")
-        with open(os.path.join(d, "rows.json")) as f:
-            return json.load(f)
+    from runtime.launch import spawn_ranks
+
+    return spawn_ranks(JOBS[job], world, a, timeout_s=a.timeout, threads=a.threads)[0]
 
 
 def _fmt_bytes(xs):
@@ -287,8 +256,10 @@ def main(argv=None):
     if a.out:
         from costmodel.perfmap import atomic_write_text
 
-        atomic_write_text(a.out, json.dumps({"schema_version": 1, "job": a.job, "args": vars(a),
-                                             "load_avg": load, "rows": rows}, indent=1))
+        cmd = " ".join(["python", "benchmarks/bench_tp_galaxy.py", *argv])
+        atomic_write_text(a.out, json.dumps({"schema_version": 1, "command": cmd, "job": a.job,
+                                             "args": vars(a), "load_avg": load, "rows": rows},
+                                            indent=1))
 
 
 if __name__ == "__main__":

@@ -11,51 +11,20 @@ import datetime as _dt
 import json
 import os
 import platform
-import socket
 import sys
-import tempfile
+
+from runtime.launch import spawn_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 DATA = os.path.join(ROOT, "data", "fidelity")
 SCHEMA_VERSION = 1
 TIMEOUT_S = 300.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank, fn, world, port, out_path, args, threads):
-    import torch
-
-    from runtime.parallel import exchange as xch
-
-    torch.set_num_threads(threads)
-    xch.init_process_group(rank, world, timeout_s=TIMEOUT_S, master_addr="127.0.0.1",
-                           master_port=port)
-    try:
-        res = fn(rank, world, *args)
-    finally:
-        xch.destroy()
-    if rank == 0:
-        with open(out_path, "w") as f:
-            json.dump(res, f)
-
-
 def run_on_ranks(fn, world: int, *args, threads: int = 1):
-    """fn(rank, world, *args) on `world` GLOO ranks; returns rank 0's JSON-able result."""
-    import torch.multiprocessing as mp
-
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "rank0.json")
-        mp.start_processes(_entry, args=(fn, world, _free_port(), out, args, threads),
-                           nprocs=world, join=True, start_method="spawn")
-        with open(out) as f:
-            return json.load(f)
+    """fn(rank, world, *args) on `world` GLOO ranks (runtime.launch.spawn_ranks, process-
+    group timeout TIMEOUT_S); returns rank 0's JSON-able result."""
+    return spawn_ranks(fn, world, *args, timeout_s=TIMEOUT_S, threads=threads)[0]
 
 
 def environment() -> dict:
@@ -68,12 +37,21 @@ def environment() -> dict:
             "exchange": "GLOO pairwise on loopback, one process per device"}
 
 
-def save_table(name: str, table: dict) -> str:
-    """Atomic JSON write of a result table into data/fidelity/."""
+def command(script: str, argv=None, env=()) -> str:
+    """The command line that produced a table: `python benchmarks/<script> ARGS`, prefixed
+    by the variables of `env` that are set (e.g. HF_HUB_OFFLINE=1)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = [f"{k}={os.environ[k]}" for k in env if os.environ.get(k)]
+    return " ".join([*pre, "python", f"benchmarks/{os.path.basename(script)}", *argv])
+
+
+def save_table(name: str, table: dict, *, command: str) -> str:
+    """Atomic JSON write of a result table into data/fidelity/, naming its command."""
     from costmodel.perfmap import atomic_write_text
 
     path = os.path.join(DATA, name)
-    atomic_write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, **table}, indent=1) + "\n")
+    atomic_write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, "command": command,
+                                        **table}, indent=1) + "\n")
     return path
 
 

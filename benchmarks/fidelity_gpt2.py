@@ -1,10 +1,10 @@
 """Next-byte accuracy and perplexity vs CR of a tiny GPT-2 under the partition-aware
 causal mask.
 
-    python scripts/train_gpt2_tiny.py       # once: data/fidelity/gpt2_bytes/
+    python benchmarks/train_gpt2_tiny.py    # once: data/fidelity/gpt2_bytes/
     python benchmarks/fidelity_gpt2.py      # -> data/fidelity/gpt2_bytes_accuracy.json
 
-64 held-out windows of 128 bytes (Python stdlib sources, see scripts/train_gpt2_tiny.py)
+64 held-out windows of 128 bytes (Python stdlib sources, see benchmarks/train_gpt2_tiny.py)
 run as one batch on real GLOO ranks for P = 2 and 4. Each device computes the logits of
 its own positions; rank 0 gathers them. Reported over all 128 x 64 predictions and per
 device (device 0 is exact by construction: it sees only its own past). `agreement` =
@@ -17,10 +17,7 @@ import math
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts"))
-from fidelity_common import DATA, environment, prism_grid, run_on_ranks, save_table  # noqa: E402
+from fidelity_common import DATA, command, environment, prism_grid, run_on_ranks, save_table
 
 CRS = {2: [1, 2, 4, 8, 16, 64], 4: [1, 2, 4, 8, 32]}
 
@@ -88,7 +85,7 @@ def main(argv=None):
         "benchmark": "fidelity_gpt2", "model": "byte-level GPT2LMHeadModel (data/fidelity/gpt2_bytes.json)",
         "seq_len": 128, "sequences": 64, "mask": "partition-aware causal",
         "exchange": "real GLOO ranks (pairwise, loopback)", "environment": environment(),
-        "rows": rows}))
+        "rows": rows}, command=command(__file__, argv)))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fidelity_common import DATA, environment, prism_grid, run_on_ranks, save_table  # noqa: E402
+from fidelity_common import DATA, command, environment, prism_grid, run_on_ranks, save_table
 
 CRS = [2, 4, 8, 16, "max"]
 
@@ -127,7 +126,7 @@ def main(argv=None):
                          "nn_top1_agreement": "fraction of sentences whose nearest neighbour is unchanged",
                          "recall_at_5": "overlap of the 5 nearest neighbours, exact vs partitioned"},
         "exchange": "real GLOO ranks (pairwise, loopback)", "environment": environment(),
-        "rows": rows})
+        "rows": rows}, command=command(__file__, argv, env=("HF_HUB_OFFLINE",)))
     print(path)
 
 

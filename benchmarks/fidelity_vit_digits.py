@@ -1,6 +1,6 @@
 """Top-1 accuracy vs CR of a ViT trained on scikit-learn digits: exact vs Voltage vs Prism.
 
-    python scripts/train_vit_digits.py          # once: data/fidelity/vit_digits.safetensors
+    python benchmarks/train_vit_digits.py       # once: data/fidelity/vit_digits.safetensors
     python benchmarks/fidelity_vit_digits.py    # -> data/fidelity/vit_digits_accuracy.json
 
 The held-out split (450 images, N = 65 tokens) runs as one batch through the runtime's
@@ -15,10 +15,7 @@ import argparse
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts"))
-from fidelity_common import DATA, environment, prism_grid, run_on_ranks, save_table  # noqa: E402
+from fidelity_common import DATA, command, environment, prism_grid, run_on_ranks, save_table
 
 CRS = {2: [1, 2, 4, 8, 16, 33], 4: [1, 2, 4, 8, 17]}
 
@@ -65,7 +62,7 @@ def main(argv=None):
         "benchmark": "fidelity_vit_digits", "model": "timm test_vit, img 32, patch 4, depth 4, "
         "trained on sklearn digits (data/fidelity/vit_digits.json)", "seq_len": 65,
         "test_images": 450, "exchange": "real GLOO ranks (pairwise, loopback)",
-        "environment": environment(), "rows": rows}))
+        "environment": environment(), "rows": rows}, command=command(__file__, argv)))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224")
 PARTS = {

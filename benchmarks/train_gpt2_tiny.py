@@ -1,6 +1,6 @@
 """Train a tiny byte-level GPT-2 on text shipped with the interpreter, and ship it.
 
-    python scripts/train_gpt2_tiny.py     # -> data/fidelity/gpt2_bytes/ (config.json, model.safetensors)
+    python benchmarks/train_gpt2_tiny.py  # -> data/fidelity/gpt2_bytes/ (config.json, model.safetensors)
 
 Text: the Python standard library's own top-level *.py sources (offline, always there),
 sorted by name; every 10th file is held out for evaluation. Tokens are bytes (vocab
@@ -19,7 +19,6 @@ import sysconfig
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 OUT = os.path.join(ROOT, "data", "fidelity", "gpt2_bytes")
 SEQ = 128
 
@@ -56,6 +55,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = ap.parse_args(argv)
     import torch
     import torch.nn.functional as F
@@ -92,7 +92,8 @@ def main(argv=None):
         acc = (lg.argmax(-1) == ev[:, 1:]).float().mean().item()
     os.makedirs(OUT, exist_ok=True)
     model.save_pretrained(OUT, safe_serialization=True)
-    meta = {"schema_version": 1, "model": "GPT2LMHeadModel, byte-level (vocab 256)",
+    meta = {"schema_version": 1, "command": " ".join(["python", "benchmarks/train_gpt2_tiny.py", *argv]),
+            "model": "GPT2LMHeadModel, byte-level (vocab 256)",
             "config": {"n_embd": 96, "n_layer": 4, "n_head": 4, "n_positions": SEQ},
             "data": {"source": "Python stdlib top-level *.py (sorted), every 10th file held out",
                      "python": sys.version.split()[0], "train_bytes": len(train),

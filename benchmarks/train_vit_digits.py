@@ -1,6 +1,6 @@
 """Train a small ViT on scikit-learn's digits, in-process, and ship its weights.
 
-    python scripts/train_vit_digits.py      # -> data/fidelity/vit_digits.safetensors (+ .json)
+    python benchmarks/train_vit_digits.py   # -> data/fidelity/vit_digits.safetensors (+ .json)
 
 8x8 digits (0..16) are scaled to [0, 1], upsampled to 32x32 (bilinear), repeated to 3
 channels and normalised to [-1, 1]; the model is timm `test_vit` (d = 64, 2 heads) with
@@ -20,7 +20,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 OUT = os.path.join(ROOT, "data", "fidelity")
 SPEC = dict(name="test_vit", img_size=32, patch_size=4, depth=4, num_classes=10)
 
@@ -49,6 +48,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = ap.parse_args(argv)
     import torch
     import torch.nn.functional as F
@@ -91,7 +91,8 @@ def main(argv=None):
     os.makedirs(OUT, exist_ok=True)
     path = os.path.join(OUT, "vit_digits.safetensors")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
-    meta = {"schema_version": 1, "weights": "vit_digits.safetensors", "spec": SPEC,
+    meta = {"schema_version": 1, "command": " ".join(["python", "benchmarks/train_vit_digits.py", *argv]),
+            "weights": "vit_digits.safetensors", "spec": SPEC,
             "data": "sklearn.datasets.load_digits, 8x8 -> 32x32 bilinear, 3 channels, (x-0.5)/0.5",
             "split": {"test_size": 0.25, "stratify": True, "random_state": a.seed,
                       "n_train": len(xtr), "n_test": len(xte)},
