@@ -624,13 +624,13 @@ class CostModel:
 
     def check_strategies(self, strategies) -> None:
         """Raise QueryError (one line) for a strategy this model cannot predict: one the
-        cost model does not know, or tensor_parallel / galaxy when the fit held none of
-        their rows (the pairwise link parameters do not describe their collectives)."""
+        cost model does not know, or one the fit held no rows of (its phase parameters,
+        e.g. tensor_parallel's collectives, were never calibrated)."""
         self._check_fitted()
         for s in sorted({str(x) for x in np.asarray(strategies, dtype=object).ravel()}):
             if s not in list_strategies():
                 raise QueryError(f"unknown strategy {s!r}; known: {list_strategies()}")
-            if s in list_strategies(splits_weights=True) and s not in self.strategies_:
+            if s not in self.strategies_:
                 raise QueryError(f"strategy {s!r} is not in this cost model (fitted on "
                                  f"{self.strategies_}); fit it on a perf map with {s} rows")
 

@@ -145,7 +145,8 @@ class Runner:
                 logits = ad.head(xn)
         feats = None
         if features:
-            feats = xn if self.strategy.all_rows else gather_rows_to_all(xn, self.plan.sizes, ctx.rank)
+            local = self.strategy.all_rows or ctx.world_size == 1
+            feats = xn if local else gather_rows_to_all(xn, self.plan.sizes, ctx.rank)
         return Result(logits, feats, timer.summary(), self.plan)
 
 
@@ -159,6 +160,12 @@ class Strategy:
 
     def options(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def exact_options(cls, seq_len: int, world_size: int) -> dict:
+        """Options under which this strategy must reproduce the plain model exactly
+        (the registry-wide parity test uses them); {} for the exact strategies."""
+        return {}
 
     def plan_options(self) -> dict:
         """Arguments this strategy's options give costmodel.formulas.make_plan."""

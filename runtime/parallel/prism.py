@@ -63,6 +63,11 @@ class Prism(Strategy):
     def plan_options(self):
         return {"cr": self.cr, "m": self.m}
 
+    @classmethod
+    def exact_options(cls, seq_len, world_size):
+        """m = L_p: one mean per row, i.e. the rows themselves (Voltage's exchange)."""
+        return {"m": -(-seq_len // world_size)}
+
     def prepare(self, adapter, ctx, plan):
         ms = [plan.rows_sent(q) for q in range(ctx.world_size)]
         rows = plan.sizes[ctx.rank]
