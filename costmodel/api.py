@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checks
 from .features import QueryError
 from .model import CostModel
 
@@ -49,14 +50,45 @@ def _out(v):
     return a
 
 
-def predict(batch, bw, cr, *, seq_len=None, strategy="prism", world_size=2, profile=None,
+def _check_scalars(batch, bw, cr, seq_len, strategy, world_size):
+    """Scalar arguments checked at the boundary (checks.py: NaN / inf refused, the range
+    named), and arguments the strategy does not take refused rather than ignored."""
+    from .strategies import get_formula, list_strategies
+
+    if np.ndim(batch) == 0:
+        checks.count("batch", batch)
+    if bw is not None and np.ndim(bw) == 0:
+        checks.positive("bw", bw, unit="Mbit/s")
+    if cr is not None and np.ndim(cr) == 0:
+        checks.positive("cr", cr)
+    if seq_len is not None and np.ndim(seq_len) == 0:
+        checks.count("seq_len", seq_len, minimum=2)
+    if world_size is not None and np.ndim(world_size) == 0:
+        checks.count("world_size", world_size)
+    if not isinstance(strategy, str):
+        return
+    try:
+        f = get_formula(strategy)
+    except ValueError as e:
+        raise QueryError(str(e)) from None
+    if cr is not None and np.ndim(cr) == 0 and not f.compresses:
+        raise QueryError(f"cr={cr:g} applies to {list_strategies(compresses=True)}, not to "
+                         f"{strategy!r}; give cr=None")
+    if not f.distributed and world_size is not None and np.ndim(world_size) == 0 and world_size != 1:
+        raise QueryError(f"strategy {strategy!r} runs on one device; world_size={world_size} "
+                         f"must be 1 (or None)")
+
+
+def predict(batch, bw, cr, *, seq_len=None, strategy="prism", world_size=None, profile=None,
             model=None) -> dict:
     """Predict one configuration (or broadcast arrays of them) on a shipped profile.
 
     batch: samples per batch (integer >= 1); bw: nominal link rate in Mbit/s (may be None
-    for strategy 'single'); cr: Prism compression rate L_p/m (ignored unless prism);
+    for strategy 'single'); cr: Prism compression rate L_p/m (None unless the strategy
+    compresses: a cr given to 'single' or 'voltage' is refused, not ignored);
     seq_len: tokens N (default: the profile's model); strategy: 'single', 'voltage' or
-    'prism'; world_size: devices P (1 for single); profile: a name from list_profiles().
+    'prism'; world_size: devices P (default 2; 1 or None for single, any other value is
+    refused); profile: a name from list_profiles().
 
     Returns {"latency_ms": batch latency in ms, "per_sample_ms", "energy_j": J per batch
     (None without an energy calibration), "breakdown": {"compute_ms", "staging_ms",
@@ -64,7 +96,10 @@ def predict(batch, bw, cr, *, seq_len=None, strategy="prism", world_size=2, prof
     [lo, hi]}, "analytical_ms": the calibrated physics alone, "profile", "strategy"}.
     Scalars in, floats out; arrays in, arrays out. Bad input raises ValueError (one line).
     """
+    _check_scalars(batch, bw, cr, seq_len, strategy, world_size)
     cm = load_profile(profile)
+    if world_size is None:
+        world_size = 2
     if isinstance(strategy, str) and strategy == "single":
         world_size = 1
     p = cm.predict(batch, bw, cr, strategy=strategy, seq_len=seq_len, world_size=world_size,

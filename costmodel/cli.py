@@ -8,14 +8,31 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import warnings
 
 import numpy as np
 
+from .checks import argparse_message, arg_count, arg_nonnegative, arg_positive, arg_within
+from .features import QueryError
+from .safeio import check_writable
 
-class _Bad(Exception):
-    pass
+
+class _Usage(ValueError):
+    """A command-line error (argparse's), printed as one line, exit 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit 2) instead of usage + error."""
+
+    def error(self, message):
+        raise _Usage(argparse_message(message))
+
+
+def debug_enabled(argv=None) -> bool:
+    """Tracebacks for unexpected errors: `--debug` or PRISM_EDGE_DEBUG=1."""
+    return os.environ.get("PRISM_EDGE_DEBUG", "") not in ("", "0") or "--debug" in (argv or ())
 
 
 def _jsonable(x):
@@ -46,6 +63,7 @@ def cmd_fit(a) -> dict:
     from .model import CostModel
     from .perfmap import load_perfmap, merge_perfmaps
 
+    check_writable(a.out)             # before the fit: a bad --out fails in a moment
     pm = load_perfmap(a.perfmap[0]) if len(a.perfmap) == 1 else merge_perfmaps(*a.perfmap)
     cm = CostModel(unshaped_bw=a.unshaped_bw, residual=not a.no_residual, interval=a.interval)
     cm.fit(pm)
@@ -64,9 +82,22 @@ def cmd_predict(a) -> dict:
     from .api import predict as api_predict
     from .model import CostModel
 
+    from .strategies import get_formula, list_strategies
+
+    try:
+        f = get_formula(a.strategy)
+    except ValueError as e:
+        raise QueryError(str(e)) from None
+    # an argument the strategy does not take is refused, never silently ignored
+    if a.cr is not None and not f.compresses:
+        raise QueryError(f"--cr applies to {list_strategies(compresses=True)}, not to "
+                         f"--strategy {a.strategy}")
+    if not f.distributed and a.world_size not in (None, 1):
+        raise QueryError(f"--strategy {a.strategy} runs on one device; --world-size "
+                         f"{a.world_size} must be 1 (or left out)")
     if a.model:
         cm = CostModel.load(a.model)
-        ws = 1 if a.strategy == "single" else a.world_size
+        ws = 1 if not f.distributed else (a.world_size or 2)
         p = cm.predict(a.batch, a.bw, a.cr, strategy=a.strategy, seq_len=a.seq_len, world_size=ws)
         return {k: float(v) for k, v in p.items()}
     return api_predict(a.batch, a.bw, a.cr, seq_len=a.seq_len, strategy=a.strategy,
@@ -107,16 +138,18 @@ def cmd_report(a) -> dict:
             "residual_weight": cm.residual_weight_, "cv": cm.cv_, "interval": cm.interval_}
 
 
-def _parser():
-    ap = argparse.ArgumentParser(prog="python -m costmodel", description=__doc__.split("\n")[0])
+def build_parser():
+    ap = OneLineParser(prog="python -m costmodel", description=__doc__.split("\n")[0])
+    ap.add_argument("--debug", action="store_true",
+                    help="tracebacks for unexpected errors (also PRISM_EDGE_DEBUG=1)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fit", help="fit a cost model on a perf map and save it as JSON")
     f.add_argument("perfmap", nargs="+", help="perf map(s); several are merged (perfmap.merge_perfmaps)")
     f.add_argument("--out", required=True, help="output JSON (e.g. costmodel/profiles/NAME.json)")
-    f.add_argument("--unshaped-bw", type=float, default=None,
+    f.add_argument("--unshaped-bw", type=arg_positive("Mbit/s"), default=None,
                    help="Mbit/s assumed for distributed records with bw null (unthrottled link)")
     f.add_argument("--no-residual", action="store_true", help="calibrated analytical model only")
-    f.add_argument("--interval", type=float, default=0.8, help="prediction-interval coverage (0..1)")
+    f.add_argument("--interval", type=arg_within(0.0, 1.0), default=0.8, help="prediction-interval coverage (0..1)")
     f.add_argument("--name", default=None)
     f.add_argument("--description", default=None)
     for name in ("predict", "validate", "report"):
@@ -125,15 +158,17 @@ def _parser():
         g.add_argument("--profile", default=None, help="shipped profile name (list: report --list)")
         g.add_argument("--model", default=None, help="path of a model JSON written by fit")
         if name == "predict":
-            p.add_argument("--batch", type=int, required=True)
-            p.add_argument("--bw", type=float, default=None, help="Mbit/s")
-            p.add_argument("--cr", type=float, default=None)
+            p.add_argument("--batch", type=arg_count(), required=True)
+            p.add_argument("--bw", type=arg_positive("Mbit/s"), default=None, help="Mbit/s")
+            p.add_argument("--cr", type=arg_positive(), default=None,
+                           help="compression rate (compressing strategies only)")
             p.add_argument("--strategy", default="prism")
-            p.add_argument("--seq-len", type=int, default=None)
-            p.add_argument("--world-size", type=int, default=2)
+            p.add_argument("--seq-len", type=arg_count(2), default=None)
+            p.add_argument("--world-size", type=arg_count(), default=None,
+                           help="devices P (default 2; single: 1)")
         if name == "validate":
             p.add_argument("perfmap")
-            p.add_argument("--max-mape", type=float, default=None,
+            p.add_argument("--max-mape", type=arg_nonnegative("%"), default=None,
                            help="exit 1 when the latency MAPE (%%) exceeds this")
         if name == "report":
             p.add_argument("--list", action="store_true", help="list the shipped profiles")
@@ -149,11 +184,11 @@ def _evaluate_parser(sub) -> None:
     h = es.add_parser("held-out", help="leave one value out per axis: hybrid vs analytical vs random forest")
     h.add_argument("perfmap", nargs="+", help="perf map(s); several are merged")
     h.add_argument("--axes", nargs="+", default=None, help="axes to hold out (default: every axis)")
-    h.add_argument("--unshaped-bw", type=float, default=None, help="Mbit/s for distributed rows with bw null")
+    h.add_argument("--unshaped-bw", type=arg_positive("Mbit/s"), default=None, help="Mbit/s for distributed rows with bw null")
     h.add_argument("--quick", action="store_true", help="3 folds, 60 trees (default 5, 150)")
     c = es.add_parser("cross-session", help="session B predicted from session A, and decisions (both ways)")
     c.add_argument("maps", nargs=2, metavar="MAP", help="two perf maps of the same grid (vit_tiny rows)")
-    c.add_argument("--blend", type=float, nargs="+", default=[],
+    c.add_argument("--blend", type=arg_within(0.0, 1.0), nargs="+", default=[],
                    help="weights w in (0, 1) of A's measurement against the model (decisions)")
     p = es.add_parser("protocol-ab", help="the p2 / p2a / p2m measurement protocols compared")
     p.add_argument("--score", nargs="+", choices=["p2", "p2a", "p2m"], default=None,
@@ -162,7 +197,7 @@ def _evaluate_parser(sub) -> None:
     x = es.add_parser("extrapolation", help="a profile's error on rows outside its fit (default P = 3)")
     x.add_argument("perfmap", nargs="*", help="maps to score (default testbed_vit_tp3 + testbed_vit_p3)")
     x.add_argument("--profile", default="testbed-vit-tp")
-    x.add_argument("--world-size", type=int, default=3)
+    x.add_argument("--world-size", type=arg_count(2), default=3)
     for q in (h, c, p, x):
         q.add_argument("--out", default=None, help="also write the JSON here (with the command that made it)")
 
@@ -200,20 +235,27 @@ def cmd_evaluate(a, argv) -> dict:
 
 
 def main(argv=None) -> int:
-    from .features import QueryError
+    """Exit 0 ok, 1 a check failed (validate --max-mape), 2 bad input (one line on
+    stderr). An unexpected error is one line and exit 1 too, with its traceback only
+    under --debug or PRISM_EDGE_DEBUG=1."""
     from .model import ModelFileError
     from .perfmap import PerfMapError
 
-    ap = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = debug_enabled(argv)
     try:
-        a = ap.parse_args(argv)
-    except SystemExit as e:
+        a = build_parser().parse_args(argv)
+    except _Usage as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except SystemExit as e:          # --help
         return 2 if e.code else 0
     rc = 0
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            if a.cmd == "evaluate" and a.out:
+                check_writable(a.out)
             if a.cmd == "plot":
                 from .plots import run_cli as run_plot_cli
                 out = run_plot_cli(a)
@@ -231,10 +273,29 @@ def main(argv=None) -> int:
             else:
                 out = cmd_report(a)
         for w in caught:
-            print(f"warning: {w.message}", file=sys.stderr)
+            print(f"warning: {_one_line(w.message)}", file=sys.stderr)
     except (PerfMapError, ModelFileError, QueryError, ValueError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:             # a file the command reads: one line naming it
+        print(f"error: {_os_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - unexpected: one line, traceback with --debug
+        if debug:
+            raise
+        print(f"error: internal error: {type(e).__name__}: {_one_line(e)} "
+              f"(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     json.dump(_jsonable(out), sys.stdout, indent=1)
     sys.stdout.write("\n")
     return rc
+
+
+def _one_line(e) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _os_line(e: OSError) -> str:
+    what = e.strerror or _one_line(e)
+    return f"{e.filename}: {what}" if e.filename else what

@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from . import checks
 from .strategies import decision_candidates, get_formula, list_strategies, mode_label
 
 OBJECTIVES = ("latency", "energy")
@@ -38,11 +39,14 @@ def parse_objective(objective) -> dict:
                              "or a weighting like {'latency': 0.5, 'energy': 0.5}")
         return {objective: 1.0}
     if isinstance(objective, dict) and objective and set(objective) <= set(OBJECTIVES):
-        w = {k: float(v) for k, v in objective.items()}
-        if all(v >= 0 for v in w.values()) and sum(w.values()) > 0:
+        try:
+            w = {k: float(v) for k, v in objective.items()}
+        except (TypeError, ValueError):
+            w = {"latency": math.nan}
+        if all(math.isfinite(v) and v >= 0 for v in w.values()) and sum(w.values()) > 0:
             return w
     raise ValueError(f"objective {objective!r} must be 'latency', 'energy' or a dict of "
-                     "non-negative weights over {'latency', 'energy'}")
+                     "finite non-negative weights over {'latency', 'energy'}")
 
 
 class DecisionTable:
@@ -72,7 +76,10 @@ class DecisionTable:
         check = getattr(model, "check_strategies", None)
         if check is not None:
             check([s for s, _ in cands])                 # one line naming the known strategies
+        world_size = checks.count("world_size", world_size)
+        seq_len = checks.optional(checks.count, "seq_len", seq_len, minimum=2)
         if max_cr is not None:
+            max_cr = checks.positive("max_cr", max_cr)
             prism = [c for s, c in cands if c is not None]
             if prism and max_cr < min(prism):
                 raise ValueError(f"max_cr={max_cr:g} is below every prism candidate CR "
@@ -252,6 +259,7 @@ def choose(batch: int, bw: float, *, seq_len: Optional[int] = None, objective="l
     from .api import load_profile
 
     candidates = decision_candidates() if candidates is None else candidates
+    max_cr = checks.optional(checks.positive, "max_cr", max_cr)    # NaN would drop every prism
     key = (profile, seq_len, repr(parse_objective(objective)), max_cr, tuple(candidates), world_size)
     t = _TABLES.get(key)
     if t is None:

@@ -10,13 +10,14 @@ a file. No pickle anywhere.
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import safeio
 from .formulas import ModelShape
 
 SCHEMA_VERSION = 1
@@ -48,6 +49,24 @@ def _where(path: Iterable[Any]) -> str:
     return out or "<top>"
 
 
+def _non_finite(x: Any, path: tuple = ()):
+    """(path, value) of the first NaN or infinite number in a JSON-like tree, else None
+    (json.loads reads NaN / Infinity literals as floats; the schema's "number" admits them)."""
+    if isinstance(x, float):
+        return None if math.isfinite(x) else (path, x)
+    if isinstance(x, dict):
+        for k, v in x.items():
+            hit = _non_finite(v, path + (k,))
+            if hit is not None:
+                return hit
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            hit = _non_finite(v, path + (i,))
+            if hit is not None:
+                return hit
+    return None
+
+
 def validate_perfmap(d: Any) -> dict:
     """Validate a perf map given as a dict; returns it unchanged or raises PerfMapError
     with one line naming the offending field and what is allowed."""
@@ -67,6 +86,10 @@ def validate_perfmap(d: Any) -> dict:
         e = jsonschema.exceptions.best_match(errs)
         msg = e.message if len(e.message) < 200 else e.message[:200] + "..."
         raise PerfMapError(f"perf map invalid at {_where(e.absolute_path)}: {msg}")
+    bad = _non_finite(d)
+    if bad is not None:
+        raise PerfMapError(f"perf map invalid at {_where(bad[0])}: {bad[1]} is not a finite "
+                           f"number (NaN and infinities are not allowed)")
     names = {(m["name"], m["seq_len"]) for m in d["models"]}
     for i, r in enumerate(d["records"]):
         if (r["model"], r["seq_len"]) not in names:
@@ -196,31 +219,15 @@ def load_perfmap(path: str | os.PathLike) -> PerfMap:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to path via a temp file in the same folder and os.replace."""
-    atomic_write_bytes(path, text.encode())
+    """Write text to path atomically (safeio.write_text: temp file in the same folder,
+    fsync, os.replace; a non-regular target is refused; WriteError with one line)."""
+    safeio.write_text(path, text)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes to path via a temp file in the same folder and os.replace (a killed
-    writer never leaves half a file)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)   # mkstemp's 0600 would make shared data unreadable
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write bytes to path atomically (safeio.write_bytes; a killed writer never leaves
+    half a file, a failed one leaves no temp file)."""
+    safeio.write_bytes(path, data)
 
 
 def axis_values(records: Iterable[dict], axis: str) -> list:
