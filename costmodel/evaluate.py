@@ -59,11 +59,11 @@ def testbed_maps(data: Optional[Path] = None) -> list:
 
 # ----------------------------------------------------------------------------- measured tables
 
-def _as_perfmap(pm) -> PerfMap:
+def as_perfmap(pm) -> PerfMap:
     return pm if isinstance(pm, PerfMap) else load_perfmap(pm)
 
 
-def _mode(values):
+def mode_of(values):
     c = Counter(v for v in values if v is not None)
     return c.most_common(1)[0][0] if c else None
 
@@ -73,15 +73,15 @@ def select_slice(pm, *, model=None, seq_len=None, world_size=None, bw="max", cr=
     most frequent), world_size (default the smallest > 1), bw in Mbit/s (a number, None
     for an unshaped link, or 'max' / 'min' of the slice's distributed records), Prism cr
     ('max' / 'min' or a number). Returns the resolved dict."""
-    pm = _as_perfmap(pm)
+    pm = as_perfmap(pm)
     recs = pm.usable()
     if not recs:
         raise ValueError("perf map has no usable records (all failed or excluded)")
-    model = model or _mode(r["model"] for r in recs)
+    model = model or mode_of(r["model"] for r in recs)
     recs = [r for r in recs if r["model"] == model]
     if not recs:
         raise ValueError(f"model {model!r} is not in the perf map")
-    seq_len = seq_len or _mode(r["seq_len"] for r in recs)
+    seq_len = seq_len or mode_of(r["seq_len"] for r in recs)
     recs = [r for r in recs if r["seq_len"] == seq_len]
     dist = [r for r in recs if r["strategy"] != "single"]
     if world_size is None:
@@ -93,12 +93,12 @@ def select_slice(pm, *, model=None, seq_len=None, world_size=None, bw="max", cr=
         bw = (bws[-1] if bw == "max" else bws[0]) if bws else None
     if cr in ("max", "min"):
         crs = sorted({float(r["cr"]) for r in dist if r["strategy"] == "prism" and r.get("cr") is not None
-                      and _same(r.get("bw"), bw)})
+                      and same_value(r.get("bw"), bw)})
         cr = (crs[-1] if cr == "max" else crs[0]) if crs else None
     return {"model": model, "seq_len": seq_len, "world_size": world_size, "bw": bw, "cr": cr}
 
 
-def _same(a, b, tol=1e-6) -> bool:
+def same_value(a, b, tol=1e-6) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return abs(float(a) - float(b)) <= tol * max(1.0, abs(float(b)))
@@ -118,7 +118,7 @@ def measured_table(pm, **select) -> tuple:
     "comm_ms", "other_ms" (latency minus the three phases, >= 0), "energy_j" (J per batch,
     NaN when absent), "energy_kind" ('measured', 'estimated' or None per row)}}, and the
     resolved selection. Where two records share a batch, the one with more repeats is kept."""
-    pm = _as_perfmap(pm)
+    pm = as_perfmap(pm)
     sel = select_slice(pm, **select)
     out = {}
     for s in COMPARED:
@@ -127,9 +127,9 @@ def measured_table(pm, **select) -> tuple:
             if r["strategy"] != s or r["model"] != sel["model"] or r["seq_len"] != sel["seq_len"]:
                 continue
             if s != "single":
-                if r["world_size"] != sel["world_size"] or not _same(r.get("bw"), sel["bw"]):
+                if r["world_size"] != sel["world_size"] or not same_value(r.get("bw"), sel["bw"]):
                     continue
-                if s == "prism" and not _same(r.get("cr"), sel["cr"]):
+                if s == "prism" and not same_value(r.get("cr"), sel["cr"]):
                     continue
             n = (r.get("latency_ms") or {}).get("n") or 0
             if r["batch"] not in rows or n > rows[r["batch"]][0]:
@@ -315,7 +315,7 @@ def leave_one_value_out(pm, *, axes: Sequence[str] = ("batch", "bw", "cr", "seq_
     ([axis, value, reason] for folds that could not be fitted)."""
     from .model import CostModel
 
-    pm = _as_perfmap(pm)
+    pm = as_perfmap(pm)
     recs = [r for r in pm.usable(breakdown=True) if r["strategy"] in MODEL_STRATEGIES]
     cols = {k: [] for k in ("axis", "value", "strategy", "batch", "measured_ms", "predicted_ms", "lo_ms", "hi_ms")}
     skipped = []
@@ -401,7 +401,7 @@ def held_out(pm, *, unshaped_bw=None, quick: bool = False, axes=AXES, subsets=No
 
     from .model import CostModel, metrics
 
-    pm = _as_perfmap(pm)
+    pm = as_perfmap(pm)
     recs = pm.usable(breakdown=True)
     Y = _targets(recs)
     strat = np.array([r["strategy"] for r in recs], dtype=object)

@@ -16,8 +16,8 @@ def runtime_commands() -> list:
 def costmodel_commands() -> list:
     import argparse
 
-    from costmodel.cli import _parser
-    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    from costmodel.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return list(sub.choices)
 
 

@@ -6,9 +6,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..evaluate import _as_perfmap, _mode, _same, bandwidth_sweep, default_bws
+from ..evaluate import as_perfmap, mode_of, same_value, bandwidth_sweep, default_bws
 from ..perfmap import record_latency_ms
-from .style import COLOR, MARKER, NAME, STRATEGIES, _figure, _level, _log_ticks, _rc
+from .style import COLOR, MARKER, NAME, STRATEGIES, new_figure, interval_level, log_ticks, rc_style
 
 
 def _claim_bw(pm) -> Optional[float]:
@@ -26,7 +26,7 @@ def plot_bandwidth(model, *, batches: Sequence[int] = (8, 16, 32), bws=None, cr:
     crossover found and annotated. perfmap adds its measured points (same seq_len, world
     size and cr); reference_bw (default: a bw_crossover claim in perfmap) draws a dotted
     reference. bws default: the model's fitted bw range if it has one, else 200-900."""
-    pm = None if perfmap is None else _as_perfmap(perfmap)
+    pm = None if perfmap is None else as_perfmap(perfmap)
     if cr is None:
         crs = sorted({float(r["cr"]) for r in pm.usable() if r.get("cr")}) if pm is not None else []
         cr = crs[-1] if crs else 9.9
@@ -34,8 +34,8 @@ def plot_bandwidth(model, *, batches: Sequence[int] = (8, 16, 32), bws=None, cr:
     reference_bw = reference_bw if reference_bw is not None else _claim_bw(pm)
     sweeps = [bandwidth_sweep(model, batch=b, bws=bws, cr=cr, seq_len=seq_len, world_size=world_size,
                               model_name=model_name) for b in batches]
-    with _rc():
-        fig = _figure(figsize=(max(8.0, 3.7 * len(batches) + 0.6), 5.0))
+    with rc_style():
+        fig = new_figure(figsize=(max(8.0, 3.7 * len(batches) + 0.6), 5.0))
         axes = fig.subplots(1, len(batches), sharey=True, squeeze=False)[0]
         for ax, sw in zip(axes, sweeps):
             for s in ("voltage", "prism", "single"):
@@ -43,7 +43,7 @@ def plot_bandwidth(model, *, batches: Sequence[int] = (8, 16, 32), bws=None, cr:
                 ax.plot(bws, sw["per_sample_ms"][s], color=COLOR[s], lw=2.2, label=f"{lab} ({model_label})")
                 if s == "prism":
                     ax.fill_between(bws, sw["lo"][s], sw["hi"][s], color=COLOR[s], alpha=0.15, lw=0,
-                                    label=f"Prism {int(round(100 * _level(model)))} % interval")
+                                    label=f"Prism {int(round(100 * interval_level(model)))} % interval")
             if pm is not None:
                 _measured_bw_points(ax, pm, sw["batch"], cr, seq_len, world_size, model_name)
             x = sw["crossover_bw"]["prism"]
@@ -62,7 +62,7 @@ def plot_bandwidth(model, *, batches: Sequence[int] = (8, 16, 32), bws=None, cr:
                 ax.axvline(reference_bw, color="#888888", ls=":", lw=1.6,
                            label=f"paper: crossover near {reference_bw:g} Mbit/s")
             ax.set_yscale("log")
-            _log_ticks(ax)
+            log_ticks(ax)
             ax.set_title(f"batch {sw['batch']}" + note, loc="left", fontsize=11 if not note else 10)
             ax.set_xlabel("link bandwidth (Mbit/s)")
             pad = 0.03 * (bws[-1] - bws[0])      # measured points at the ends stay visible
@@ -88,11 +88,11 @@ def _measured_bw_points(ax, pm, batch, cr, seq_len, world_size, model_name=None)
     recs = [r for r in pm.usable() if r["batch"] == batch and (seq_len is None or r["seq_len"] == seq_len)
             and (model_name is None or r["model"] == model_name)]
     if seq_len is None and recs:
-        n = _mode(r["seq_len"] for r in recs)
+        n = mode_of(r["seq_len"] for r in recs)
         recs = [r for r in recs if r["seq_len"] == n]
     for s in STRATEGIES:
         rs = [r for r in recs if r["strategy"] == s and (s == "single" or r["world_size"] == world_size)
-              and (s != "prism" or _same(r.get("cr"), cr))]
+              and (s != "prism" or same_value(r.get("cr"), cr))]
         if not rs:
             continue
         if s == "single":

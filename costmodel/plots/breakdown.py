@@ -8,7 +8,7 @@ import numpy as np
 
 from ..evaluate import adaptive_choice, adaptive_gains, measured_table
 from .style import (COLOR, HATCH, MARKER, NAME, PHASE_COLOR, PHASE_LABEL, PHASES, SHORT, STRATEGIES,
-                    _figure, _log2_batch_axis, _rc, _slice_text)
+                    new_figure, log2_batch_axis, rc_style, slice_text)
 
 
 def plot_breakdown(pm, *, per_sample: bool = True, title: Optional[str] = None, **select):
@@ -20,8 +20,8 @@ def plot_breakdown(pm, *, per_sample: bool = True, title: Optional[str] = None, 
     strategies = [s for s in STRATEGIES if s in table]
     choice = adaptive_choice(table)
     batches = sorted({int(b) for t in table.values() for b in t["batch"]})
-    with _rc():
-        fig = _figure(figsize=(9.6, 5.4))
+    with rc_style():
+        fig = new_figure(figsize=(9.6, 5.4))
         ax = fig.add_subplot()
         width = 0.8 / len(strategies)
         minor_x, minor_lab = [], []
@@ -70,7 +70,7 @@ def plot_breakdown(pm, *, per_sample: bool = True, title: Optional[str] = None, 
         handles.append(Line2D([], [], ls="none", marker="*", ms=13, color="gold", mec="black",
                               label="adaptive choice (fastest measured)"))
         ax.legend(handles=handles, loc="upper right", ncol=2, framealpha=0.9)
-        ax.set_title((title or "Latency breakdown vs batch size") + "\n" + _slice_text(sel),
+        ax.set_title((title or "Latency breakdown vs batch size") + "\n" + slice_text(sel),
                      loc="left", fontsize=11.5)
     return fig
 
@@ -84,8 +84,8 @@ def plot_per_sample(pm, *, model=None, title: Optional[str] = None, **select):
     kinds = {k for v in g["energy_source"].values() for k in v if k}
     en_label = "energy per sample (J)"
     en_note = " (estimated: power model, no sensor)" if kinds <= {"estimated", "model", None} and "estimated" in kinds else ""
-    with _rc():
-        fig = _figure(figsize=(10.4, 7.8))
+    with rc_style():
+        fig = new_figure(figsize=(10.4, 7.8))
         gs = fig.add_gridspec(2, 2, height_ratios=[1.15, 1])
         ax_l, ax_e, ax_g = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, :])
         for ax, key, ylabel in ((ax_l, "latency_ms", "latency per sample (ms)"), (ax_e, "energy_j", en_label)):
@@ -111,7 +111,7 @@ def plot_per_sample(pm, *, model=None, title: Optional[str] = None, **select):
                             mec="black", zorder=4, label=f"adaptive = {NAME[s]}")
             ax.set_ylim(0, None)
             ax.set_ylabel(ylabel)
-            _log2_batch_axis(ax, b)
+            log2_batch_axis(ax, b)
         ax_l.set_title("(a) latency per sample", loc="left")
         ax_e.set_title("(b) energy per sample" + en_note, loc="left")
         ax_l.legend(loc="upper right", ncol=1, framealpha=0.9)
@@ -159,5 +159,5 @@ def plot_per_sample(pm, *, model=None, title: Optional[str] = None, **select):
         ax_g.set_title("(c) gain of the adaptive choice, % (higher is better; numbers on bars)", loc="left")
         ax_g.grid(axis="x", visible=False)
         fig.suptitle((title or "Per-sample latency and energy vs batch: adaptive vs Voltage vs single")
-                     + "\n" + _slice_text(g["selection"]), fontsize=11.5)
+                     + "\n" + slice_text(g["selection"]), fontsize=11.5)
     return fig

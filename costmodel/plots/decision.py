@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..evaluate import decision_grid
-from .style import _figure, _mode_color, _rc, mode_name
+from .style import new_figure, mode_color, rc_style, mode_name
 
 
 def plot_decision_map(model, *, seq_lens: Sequence[int], batches=tuple(range(1, 33)), bws=None,
@@ -22,10 +22,10 @@ def plot_decision_map(model, *, seq_lens: Sequence[int], batches=tuple(range(1, 
                            world_size=world_size, perfmap=perfmap, candidates=candidates,
                            model_name=model_name) for n in seq_lens]
     labels = grids[0]["labels"]
-    colors = [_mode_color(lab, i) for i, lab in enumerate(labels)]
+    colors = [mode_color(lab, i) for i, lab in enumerate(labels)]
     cmap, norm = ListedColormap(colors), BoundaryNorm(np.arange(len(labels) + 1) - 0.5, len(labels))
-    with _rc():
-        fig = _figure(figsize=(11.0, 3.9 * len(grids) + 0.9))
+    with rc_style():
+        fig = new_figure(figsize=(11.0, 3.9 * len(grids) + 0.9))
         axs = fig.subplots(len(grids), 2, squeeze=False)
         used = sorted({int(i) for g in grids for i in np.unique(g["best"])})
         gmax = max(float(np.nanmax(g["gain_single_pct"])) if g["gain_single_pct"] is not None

@@ -12,7 +12,7 @@ from ..perfmap import load_perfmap
 from .bandwidth import plot_bandwidth
 from .breakdown import plot_breakdown, plot_per_sample
 from .decision import plot_decision_map
-from .style import _level, save_figure
+from .style import interval_level, save_figure
 from .validation import plot_validation
 
 FIGURES = ("breakdown", "per_sample", "bandwidth", "validation", "decision")
@@ -92,7 +92,7 @@ def standard_figures(perfmap, out_dir, *, model=None, name: Optional[str] = None
                 out.setdefault("skipped", {})[fig_name] = "no axis with >= 2 values to hold out"
                 continue
             out["validation"] = validation_summary(res)
-            fig = plot_validation(res, level=_level(model),
+            fig = plot_validation(res, level=interval_level(model),
                                   title=f"Cost-model validation, leave one value out ({path.name})")
         else:
             ns = sorted({r["seq_len"] for r in pm.usable() if r["model"] == sel["model"]})

@@ -24,13 +24,13 @@ STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.lab
          "axes.spines.right": False, "hatch.linewidth": 0.8}
 
 
-def _rc():
+def rc_style():
     import matplotlib
 
     return matplotlib.rc_context(STYLE)
 
 
-def _figure(**kw):
+def new_figure(**kw):
     from matplotlib.figure import Figure
 
     return Figure(layout="constrained", **kw)
@@ -45,20 +45,20 @@ def save_figure(fig, path, *, dpi: int = 110) -> Path:
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 
-def _slice_text(sel: dict, *, strategies=("voltage", "prism")) -> str:
+def slice_text(sel: dict, *, strategies=("voltage", "prism")) -> str:
     parts = [f"{sel['model']}, N = {sel['seq_len']} tokens, P = {sel['world_size']}"]
     parts.append("link rate not stated" if sel["bw"] is None else f"bw = {sel['bw']:g} Mbit/s")
     if sel.get("cr") is not None and "prism" in strategies:
         parts.append(f"Prism CR {sel['cr']:g}")
     return ", ".join(parts)
 
-def _log2_batch_axis(ax, batches):
+def log2_batch_axis(ax, batches):
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(batches), [str(int(b)) for b in batches])
     ax.minorticks_off()
     ax.set_xlabel("batch size (samples)")
 
-def _log_ticks(ax, which: str = "y"):
+def log_ticks(ax, which: str = "y"):
     """Plain-number ticks (50, 100, 200, ...) on a log axis instead of 10^k."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -69,7 +69,7 @@ def _log_ticks(ax, which: str = "y"):
         axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_minor_formatter(NullFormatter())
 
-def _level(model) -> float:
+def interval_level(model) -> float:
     return float((getattr(model, "interval_", None) or {}).get("level", 0.8))
 
 MODE_COLOR = {"single": "#7F7F7F", "voltage": "#D65F5F", "prism(cr=3.3)": "#9ECAE1",
@@ -77,7 +77,7 @@ MODE_COLOR = {"single": "#7F7F7F", "voltage": "#D65F5F", "prism(cr=3.3)": "#9ECA
 _FALLBACK = ["#FDAE6B", "#E6550D", "#A1D99B", "#31A354", "#BCBDDC", "#756BB1"]
 
 
-def _mode_color(label, i):
+def mode_color(label, i):
     return MODE_COLOR.get(label, _FALLBACK[i % len(_FALLBACK)])
 
 

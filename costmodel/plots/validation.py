@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 
 from ..evaluate import validation_summary
-from .style import MARKER, NAME, STRATEGIES, _figure, _log_ticks, _rc
+from .style import MARKER, NAME, STRATEGIES, new_figure, log_ticks, rc_style
 
 AXIS_COLOR = {"batch": "#4878CF", "bw": "#D65F5F", "cr": "#6ACC64", "seq_len": "#B47CC7",
               "world_size": "#C4AD66"}
@@ -24,8 +24,8 @@ def plot_validation(res: dict, *, title: Optional[str] = None, level: Optional[f
                          "that leaves >= 6 training rows")
     summ = validation_summary(res)
     axes_present = list(summ)
-    with _rc():
-        fig = _figure(figsize=(11.0, 5.2))
+    with rc_style():
+        fig = new_figure(figsize=(11.0, 5.2))
         a1, a2 = fig.subplots(1, 2, width_ratios=[1.1, 1])
         y, p = res["measured_ms"], res["predicted_ms"]
         lo_all, hi_all = np.nanmin([y.min(), p.min(), res["lo_ms"].min()]), np.nanmax([y.max(), p.max(), res["hi_ms"].max()])
@@ -52,7 +52,7 @@ def plot_validation(res: dict, *, title: Optional[str] = None, level: Optional[f
         a1.set_yscale("log")
         a1.set_xlim(*line)
         a1.set_ylim(*line)
-        _log_ticks(a1, "both")
+        log_ticks(a1, "both")
         a1.set_xlabel("measured batch latency (ms)")
         a1.set_ylabel("predicted batch latency (ms)")
         lv = f"{int(round(100 * level))} % " if level else ""

@@ -19,7 +19,7 @@ import torch
 
 from costmodel.formulas import offsets
 from .base import opt, register_strategy
-from .tp_layout import Comm, HeadColumnSplit, _tiles, lay_qkv
+from .tp_layout import Comm, HeadColumnSplit, row_tiles, lay_qkv
 
 
 @register_strategy("galaxy")
@@ -57,7 +57,7 @@ class Galaxy(HeadColumnSplit):
         rs = comm.reduce_scatter(h, sizes)
         pending = []
         for q in comm.peers:
-            for k, (a, s) in enumerate(_tiles(sizes[q], comm.tiles)):
+            for k, (a, s) in enumerate(row_tiles(sizes[q], comm.tiles)):
                 with timer.phase("compute"):
                     part = lay.attend(i, sh, qkv_all, offs[q] + a, s, bias, kv)
                 pending.append((q, k, part))

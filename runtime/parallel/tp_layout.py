@@ -228,7 +228,7 @@ def layout_for(adapter) -> _Layout:
 
 # --------------------------------------------------------------------------- collectives
 
-def _tiles(rows: int, tiles: int) -> list:
+def row_tiles(rows: int, tiles: int) -> list:
     """(start, length) of the row tiles of one message (tensor_split semantics)."""
     out, a = [], 0
     for s in segment_sizes(rows, min(tiles, rows)):
@@ -303,7 +303,7 @@ class Comm:
         r = self.rank
         rs = self.reduce_scatter(t[:, :sizes[r]], sizes)
         for q in self.peers:
-            for k, (a, s) in enumerate(_tiles(sizes[q], self.tiles)):
+            for k, (a, s) in enumerate(row_tiles(sizes[q], self.tiles)):
                 rs.send(q, k, t[:, offs[q] + a:offs[q] + a + s])
         own = rs.reduce(t[:, offs[r]:offs[r] + sizes[r]])
         ag = self.all_gather(own, sizes)
@@ -319,18 +319,18 @@ class _Gather:
         self.bufs, self.reqs, self.sends = {}, {}, []
         with c.timer.phase("comm"):
             for q in c.peers:
-                for k, (a, s) in enumerate(_tiles(sizes[q], c.tiles)):
+                for k, (a, s) in enumerate(row_tiles(sizes[q], c.tiles)):
                     buf = torch.empty(B, s, d, dtype=own.dtype)
                     self.bufs[q, k] = buf
                     self.reqs[q, k] = _Req(dist.irecv(buf, src=q, tag=TAG_AG + k))
         host = c._host(own)
         self.host = host
         for q in c.peers:
-            for k, (a, s) in enumerate(_tiles(sizes[c.rank], c.tiles)):
+            for k, (a, s) in enumerate(row_tiles(sizes[c.rank], c.tiles)):
                 self.sends.append(c._isend(host[:, a:a + s].contiguous(), q, TAG_AG + k))
 
     def tiles_of(self, q: int) -> list:
-        return _tiles(self.sizes[q], self.c.tiles)
+        return row_tiles(self.sizes[q], self.c.tiles)
 
     def chunk(self, q: int, k: int) -> torch.Tensor:
         with self.c.timer.phase("comm"):
@@ -359,7 +359,7 @@ class _Scatter:
         self.bufs, self.reqs, self.sends = [], [], []
         with c.timer.phase("comm"):
             for q in c.peers:
-                for k, (a, s) in enumerate(_tiles(sizes[c.rank], c.tiles)):
+                for k, (a, s) in enumerate(row_tiles(sizes[c.rank], c.tiles)):
                     buf = torch.empty(B, s, d, dtype=like.dtype)
                     self.bufs.append((a, s, buf))
                     self.reqs.append(_Req(dist.irecv(buf, src=q, tag=TAG_RS + k)))
