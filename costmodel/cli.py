@@ -178,6 +178,8 @@ def build_parser():
     return ap
 
 
+
+
 def _evaluate_parser(sub) -> None:
     e = sub.add_parser("evaluate", help="held-out evaluation and the testbed analyses (JSON)")
     es = e.add_subparsers(dest="what", required=True)

@@ -65,7 +65,7 @@ import numpy as np
 
 from .features import QueryError, physics
 from .formulas import ModelShape
-from .strategies import list_strategies, mode_label
+from .strategies import get_formula, list_strategies, mode_label
 from .perfmap import PerfMap, PerfMapError, atomic_write_text, load_perfmap, record_latency_ms
 from .trees import JsonGBR, export_gbr
 
@@ -624,13 +624,15 @@ class CostModel:
 
     def check_strategies(self, strategies) -> None:
         """Raise QueryError (one line) for a strategy this model cannot predict: one the
-        cost model does not know, or one the fit held no rows of (its phase parameters,
-        e.g. tensor_parallel's collectives, were never calibrated)."""
+        cost model does not know, or a weight-splitting one (tensor_parallel, galaxy) when
+        the fit held none of its rows (the pairwise link parameters do not describe its
+        collectives). Row-split strategies share the link and compute parameters, so one
+        absent from the fit is predicted from them (active sampling relies on it)."""
         self._check_fitted()
         for s in sorted({str(x) for x in np.asarray(strategies, dtype=object).ravel()}):
             if s not in list_strategies():
                 raise QueryError(f"unknown strategy {s!r}; known: {list_strategies()}")
-            if s not in self.strategies_:
+            if get_formula(s).splits_weights and s not in self.strategies_:
                 raise QueryError(f"strategy {s!r} is not in this cost model (fitted on "
                                  f"{self.strategies_}); fit it on a perf map with {s} rows")
 

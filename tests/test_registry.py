@@ -113,8 +113,14 @@ def test_toy_strategy_runs_and_matches_plain_model_on_one_device(toy):
     assert rows[0]["feat_err"] < 1e-4 and rows[0]["logit_err"] < 1e-4
 
 
-def test_decision_table_without_a_fitted_strategy_refuses_it(toy):
+def test_decision_table_compares_the_toy(toy):
+    """A row-split strategy absent from a profile's fit is predicted from the shared link
+    and compute parameters and its own formula's bytes and FLOPs (Voltage's, for the toy;
+    Voltage itself has per-strategy compute and staging parameters in the fit)."""
     import costmodel
     cm = costmodel.load_profile("jetson-orin-nano")
-    with pytest.raises(ValueError):
-        DecisionTable(cm, candidates=[(toy, None)], seq_len=197)
+    t = DecisionTable(cm, candidates=[("single", None), ("voltage", None), (toy, None)],
+                      seq_len=197, batches=(1, 8), bws=(1000.0,))
+    d = t.choose(8, 1000.0)
+    assert set(d["predicted"]) == {"single", "voltage", toy}
+    assert np.isfinite(d["predicted"][toy]["latency_ms"]) and d["predicted"][toy]["latency_ms"] > 0
