@@ -32,8 +32,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# test-fast: pure Python and one-process torch (no GLOO ranks, no namespaces, nothing slow)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not netns"
+	$(BIN)/python -m pytest -q -m "not slow and not netns and not gloo"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_runtime.py

@@ -10,6 +10,7 @@ from runtime.measure import hostcheck as hc
 from runtime.cli import main
 
 
+@pytest.mark.slow
 def test_host_check_times_each_core_alone_and_together():
     cores = hc.usable_cores()[:2]
     res = hc.host_check(cores, iters=12, rounds=2)

@@ -84,6 +84,7 @@ def _text(nb) -> str:
     return "".join(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes_and_writes_figures(nb_path, tmp_path, testbed_env):
     figs = tmp_path / "figures"
