@@ -35,7 +35,7 @@ CONFIGS = [  # (label, strategy, options)
 def _spec(a):
     from runtime.models import ModelSpec, family_of
 
-    text = family_of(a.model) != "timm"
+    text = family_of(a.model) != "vit"
     return ModelSpec(a.model, img_size=None if text else a.img_size, depth=a.depth, seed=0,
                      seq_len=a.seq_len if text else None)
 
@@ -249,7 +249,7 @@ def main(argv=None):
     load = os.getloadavg()
     link = f"shaped {a.testbed_bw:g} Mbit/s (measured {a.link_mbps:.0f})" if a.testbed_bw else "loopback"
     from runtime.models import family_of
-    size = f"seq_len={a.seq_len}" if family_of(a.model) != "timm" else f"img_size={a.img_size}"
+    size = f"seq_len={a.seq_len}" if family_of(a.model) != "vit" else f"img_size={a.img_size}"
     print(f"# {link}; {a.model} {size} depth={a.depth or 'full'} threads/rank={a.threads} "
           f"repeats={a.repeats}; host {os.cpu_count()} CPUs, load avg {load[0]:.1f}; "
           f"{time.time() - t0:.0f} s", file=sys.stderr)
