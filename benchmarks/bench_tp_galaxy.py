@@ -168,12 +168,12 @@ def launch(job, world, a) -> list:
         from runtime.netem.testbed import Testbed
 
         with Testbed(world, a.testbed_bw) as tb:
-            a.link_mbps = tb.measure_bw()
+            a.bw_measured = tb.measure_bw()
             out = tb.launch([sys.executable, os.path.abspath(__file__), "_worker", job,
                              json.dumps(vars(a))], timeout_s=a.timeout * 4)
         rows = json.loads((out if isinstance(out, str) else out.decode()).strip().splitlines()[-1])
         for r in rows:
-            r.update(bw=a.testbed_bw, bw_measured=a.link_mbps)
+            r.update(bw=a.testbed_bw, bw_measured=a.bw_measured)
         return rows
 
     from runtime.launch import spawn_ranks
@@ -247,7 +247,7 @@ def main(argv=None):
               f"under quotas {a.quotas}")
         print_table(rows, hetero=True)
     load = os.getloadavg()
-    link = f"shaped {a.testbed_bw:g} Mbit/s (measured {a.link_mbps:.0f})" if a.testbed_bw else "loopback"
+    link = f"shaped {a.testbed_bw:g} Mbit/s (measured {a.bw_measured:.0f})" if a.testbed_bw else "loopback"
     from runtime.models import family_of
     size = f"seq_len={a.seq_len}" if family_of(a.model) != "vit" else f"img_size={a.img_size}"
     print(f"# {link}; {a.model} {size} depth={a.depth or 'full'} threads/rank={a.threads} "

@@ -23,8 +23,8 @@ class Shaper:
         with open(f"/sys/class/net/{iface}/mtu") as f:
             self.mtu = int(f.read().strip())
 
-    def set(self, bw_mbps: float) -> None:
-        cmd = ["tc", "qdisc", "replace", "dev", self.iface, "root", "tbf", *tbf_args(bw_mbps, self.mtu)]
+    def set(self, bw: float) -> None:
+        cmd = ["tc", "qdisc", "replace", "dev", self.iface, "root", "tbf", *tbf_args(bw, self.mtu)]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
         if p.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: {p.stderr.strip()}")

@@ -1,6 +1,6 @@
 """Emulated edge network: P devices as P network namespaces behind a shaped bridge.
 
-    with Testbed(world_size=2, bw_mbps=300) as tb:
+    with Testbed(world_size=2, bw=300) as tb:
         tb.measure_bw()                       # bulk TCP transfer, Mbit/s
         out = tb.launch(argv, timeout_s=600)  # ranks run inside the namespaces
         tb.set_bw(500)                        # live rate change (tc qdisc change)
@@ -77,11 +77,11 @@ def l2_overhead_factor(mtu: int) -> float:
     return (mtu + 14) / (mtu - 52)
 
 
-def tbf_args(bw_mbps: float, mtu: int = 1500) -> list:
-    """tc tbf parameters for a TCP payload rate bw_mbps (Mbit/s) on a link of this MTU:
+def tbf_args(bw: float, mtu: int = 1500) -> list:
+    """tc tbf parameters for a TCP payload rate bw (Mbit/s) on a link of this MTU:
     the L2 rate, a burst of about 1 ms of traffic (at least 4 full frames) and a queue
     of about 50 ms."""
-    rate = bw_mbps * 1e6 * l2_overhead_factor(mtu)          # bit/s on the wire
+    rate = bw * 1e6 * l2_overhead_factor(mtu)          # bit/s on the wire
     burst = max(4 * (mtu + 14), int(rate / 8 * 1e-3))
     limit = max(2 * burst, int(rate / 8 * 0.05))
     return ["rate", f"{int(rate)}bit", "burst", str(burst), "limit", str(limit)]
@@ -244,7 +244,7 @@ _SEND = textwrap.dedent("""
 class Testbed:
     """P emulated devices joined by a shaped bridge (see the module docstring).
 
-    world_size: devices P (ranks). bw_mbps: TCP payload rate of every device link, in
+    world_size: devices P (ranks). bw: TCP payload rate of every device link, in
     Mbit/s (None: unshaped, only meaningful in loopback mode). delay_ms: one-way delay
     added per packet, in ms (netem; recorded as not applied where netem is missing).
     cores: CPU cores; rank r is pinned to cores[r % len(cores)] (default: the cores
@@ -253,14 +253,14 @@ class Testbed:
 
     __test__ = False
 
-    def __init__(self, world_size: int, bw_mbps: Optional[float] = None, *, delay_ms: float = 0.0,
+    def __init__(self, world_size: int, bw: Optional[float] = None, *, delay_ms: float = 0.0,
                  mode: str = "auto", prefix: str = DEFAULT_PREFIX,
                  cores: Optional[Sequence[int]] = None, mtu: int = 1500,
                  install_signal_handlers: bool = True):
         if not isinstance(world_size, int) or world_size < 1:
             raise ValueError(f"world_size={world_size!r} must be an integer >= 1")
-        if bw_mbps is not None and not float(bw_mbps) > 0:
-            raise ValueError(f"bw={bw_mbps} Mbit/s must be > 0 (or None for an unshaped link)")
+        if bw is not None and not float(bw) > 0:
+            raise ValueError(f"bw={bw} Mbit/s must be > 0 (or None for an unshaped link)")
         if delay_ms < 0:
             raise ValueError(f"delay_ms={delay_ms} must be >= 0")
         if mode not in MODES:
@@ -269,7 +269,7 @@ class Testbed:
             raise ValueError(f"prefix={prefix!r} must be 1-12 lowercase letters/digits, starting with a letter")
         if not 576 <= mtu <= 65535:
             raise ValueError(f"mtu={mtu} must be in [576, 65535]")
-        self.world_size, self.bw_mbps, self.delay_ms = world_size, bw_mbps, float(delay_ms)
+        self.world_size, self.bw, self.delay_ms = world_size, bw, float(delay_ms)
         self.mode_requested, self.prefix, self.mtu = mode, prefix, mtu
         avail = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.cores = list(cores) if cores is not None else avail
@@ -293,9 +293,9 @@ class Testbed:
 
     def start(self) -> "Testbed":
         self.mode = resolve_mode(self.mode_requested)
-        if self.mode == "loopback" and self.bw_mbps is not None:
+        if self.mode == "loopback" and self.bw is not None:
             log.warning("testbed: loopback mode cannot shape: the requested bw=%s Mbit/s is NOT "
-                        "applied and records carry bw=null (unshaped)", self.bw_mbps)
+                        "applied and records carry bw=null (unshaped)", self.bw)
         self._open = True
         self._install_handlers()
         atexit.register(self.close)
@@ -434,7 +434,7 @@ class Testbed:
             log.warning("testbed: delay_ms=%s requested but netem is not available in this kernel: "
                         "NO delay is added (recorded as delay_method='none: netem unavailable')",
                         self.delay_ms)
-        self._shape(self.bw_mbps, verb="add")
+        self._shape(self.bw, verb="add")
         self._wait_links_up()
 
     def _wait_links_up(self, timeout_s: float = 10.0) -> None:
@@ -447,14 +447,14 @@ class Testbed:
             time.sleep(0.05)
         raise TestbedError(f"device links did not come up within {timeout_s} s")
 
-    def tbf_args(self, bw_mbps: float) -> list:
-        return tbf_args(bw_mbps, self.mtu)
+    def tbf_args(self, bw: float) -> list:
+        return tbf_args(bw, self.mtu)
 
-    def _shape(self, bw_mbps: Optional[float], verb: str) -> None:
+    def _shape(self, bw: Optional[float], verb: str) -> None:
         """Install (verb add) or change the shapers on both sides of every device link."""
-        if bw_mbps is None:
-            raise TestbedError(f"mode {self.mode!r} needs a bandwidth (bw_mbps > 0)")
-        tbf = self.tbf_args(bw_mbps)
+        if bw is None:
+            raise TestbedError(f"mode {self.mode!r} needs a bandwidth (bw > 0)")
+        tbf = self.tbf_args(bw)
         delay = self.delay_ms > 0 and self._netem
         for i, ns in enumerate(self.namespaces):
             if delay:
@@ -469,18 +469,18 @@ class Testbed:
             self._tc(self.bridge_ns, "qdisc", "add" if verb == "add" else "change", "dev", f"p{i}",
                      "root", "handle", "1:", "tbf", *tbf)
 
-    def set_bw(self, bw_mbps: float) -> None:
+    def set_bw(self, bw: float) -> None:
         """Change the rate of every shaper live (tc qdisc change), in Mbit/s. The measured
         rate in `.link` is reset to None until the next `measure_bw()`."""
-        if not float(bw_mbps) > 0:
-            raise ValueError(f"bw={bw_mbps} Mbit/s must be > 0")
+        if not float(bw) > 0:
+            raise ValueError(f"bw={bw} Mbit/s must be > 0")
         if self.mode == "loopback":
-            log.warning("testbed: loopback mode: set_bw(%s) has no effect (unshaped)", bw_mbps)
-            self.bw_mbps = bw_mbps
+            log.warning("testbed: loopback mode: set_bw(%s) has no effect (unshaped)", bw)
+            self.bw = bw
             self._describe()
             return
-        self._shape(float(bw_mbps), verb="change")
-        self.bw_mbps = float(bw_mbps)
+        self._shape(float(bw), verb="change")
+        self.bw = float(bw)
         self._describe()
 
     def _describe(self) -> None:
@@ -499,12 +499,12 @@ class Testbed:
                          "full duplex" if shaped else "loopback, all ranks in one namespace"),
             "shaper": ("tc tbf on both directions of every device link (device egress and "
                        "bridge-port egress)") if shaped else None,
-            "bw": float(self.bw_mbps) if shaped and self.bw_mbps is not None else None,
-            "bw_requested": self.bw_mbps,
+            "bw": float(self.bw) if shaped and self.bw is not None else None,
+            "bw_requested": self.bw,
             "bw_measured": None,
             "bw_meaning": "TCP payload rate, Mbit/s (tbf rate includes L2/L3/L4 headers)",
-            "shaper_rate_mbit": (round(self.bw_mbps * l2_overhead_factor(self.mtu), 3)
-                                 if shaped and self.bw_mbps else None),
+            "shaper_rate_mbit": (round(self.bw * l2_overhead_factor(self.mtu), 3)
+                                 if shaped and self.bw else None),
             "mtu": self.mtu,
             "delay_method": dm,
             "delay_ms": self.delay_ms if (shaped and self._netem) else 0.0,
@@ -554,7 +554,7 @@ class Testbed:
         if self.world_size < 2:
             raise TestbedError("measure_bw needs world_size >= 2")
         if nbytes is None:
-            rate = (self.bw_mbps or 1000.0) * 1e6 / 8
+            rate = (self.bw or 1000.0) * 1e6 / 8
             nbytes = int(max(4 << 20, rate * seconds * 10 / 9))
         port = 15000 + os.getpid() % 20000
         addr = self.addr(dst)
@@ -566,7 +566,7 @@ class Testbed:
                 raise TestbedError(f"bandwidth receiver failed: {rx.stderr.read().strip()}")
             tx = subprocess.Popen(self.ns_exec(src) + [sys.executable, "-c", _SEND, addr, str(port), str(nbytes)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            limit = 60 + nbytes * 8 / 1e6 / max(1.0, (self.bw_mbps or 1000.0) / 4)
+            limit = 60 + nbytes * 8 / 1e6 / max(1.0, (self.bw or 1000.0) / 4)
             out, err = rx.communicate(timeout=limit)
             tx.wait(timeout=30)
             if rx.returncode != 0 or tx.returncode != 0:

@@ -11,12 +11,26 @@ Control protocol (rank 0 -> every worker, over the same GLOO group):
   op PROBE: then a probe payload, answered by a one-element ack (active bandwidth probe);
   op STOP: the worker leaves.
 
-Faults: an exchange that fails (peer died: connection reset) or times out (the process
-group timeout) makes rank 0 re-run that batch locally; every later batch stays local
+Faults: an exchange that fails (peer died: connection reset) or times out (a hung or
+stopped peer: rank 0's group carries `timeout_s` on every operation) makes rank 0 re-run
+that batch locally; every later batch stays local
 while a background thread re-forms the group at the next *generation* (a fresh key
 prefix on rank 0's persistent TCPStore). A restarted worker reads the generation and
 joins; when the new group is up, distributed modes are allowed again. No request is
 lost; every event is logged and counted.
+
+Timeouts (GLOO, torch 2.14): point-to-point send / recv wait on the gloo context's
+timeout, fixed by `init_process_group(timeout=...)`; `ProcessGroup.set_timeout` changes
+only the collectives (all_reduce, all_gather, barrier), not send / recv, and a per-op
+`work.wait(timeout)` overrides either. So rank 0 creates every generation's group with
+`timeout_s` itself: every operation, p2p or collective, including the first after a
+re-form, fails within `timeout_s` when a peer hangs. A peer's start-up (which may take
+much longer) is waited for before that, on the store: each worker announces
+`ready/g<gen>/<rank>` and rank 0 waits for all of them (join_timeout_s) before the
+rendezvous, so the short timeout never has to cover it. A worker never re-joins a
+generation it has failed in (a failed rendezvous leaves keys behind under its prefix);
+it waits for rank 0 to open the next one. The re-join runs on a background thread and
+requests run locally meanwhile: it never blocks a request.
 """
 from __future__ import annotations
 
@@ -151,10 +165,13 @@ class Group:
         self.stopping = False
 
     def form(self, block: bool = False) -> None:
-        """(Re)form the group at the next generation, in the background unless `block`."""
+        """(Re)form the group at the next generation, in the background unless `block`
+        (a re-join already running in the background keeps going)."""
+        self.up.clear()
+        if self._thread is not None and self._thread.is_alive():
+            return
         self.gen += 1
         self.store.set("gen", str(self.gen))
-        self.up.clear()
         if block:
             self._join()
         else:
@@ -162,11 +179,14 @@ class Group:
             self._thread.start()
 
     def _join(self) -> None:
+        # the peers' start-up is waited for on the store (long), the rendezvous and every
+        # operation after it carry the short timeout (module docstring: Timeouts)
+        self.store.wait([f"ready/g{self.gen}/{q}" for q in range(1, self.world_size)],
+                        _dt.timedelta(seconds=self.join_timeout_s))
+        td = _dt.timedelta(seconds=self.timeout_s)
         dist.init_process_group("gloo", store=dist.PrefixStore(f"g{self.gen}", self.store),
-                                rank=0, world_size=self.world_size,
-                                timeout=_dt.timedelta(seconds=self.join_timeout_s))
-        # joining may take a peer's whole start-up; exchanges after it use the short timeout
-        dist.distributed_c10d._get_default_group().set_timeout(_dt.timedelta(seconds=self.timeout_s))
+                                rank=0, world_size=self.world_size, timeout=td)
+        dist.distributed_c10d._get_default_group().set_timeout(td)   # collectives: the same
         self.up.set()
         log.info("group generation %d is up (%d ranks)", self.gen, self.world_size)
 
@@ -213,7 +233,7 @@ class RequestResult:
 class AdaptiveRunner:
     """Rank 0: takes batches, decides, runs, observes the link, survives faults.
 
-    policy(batch, bw_mbps) -> Decision. `bw_mbps` is None until the first observation;
+    policy(batch, bw) -> Decision. `bw` is None until the first observation;
     `initial_bw` seeds it (e.g. the bulk-transfer rate measured before serving).
     hysteresis: a new mode for a batch size replaces the last one used for that batch
     size only if its predicted latency is at least this fraction lower.
@@ -355,22 +375,29 @@ def serve_worker(adapter, rank: int, world_size: int, host: str, port: int, *,
     store = dist.TCPStore(host, port, world_size=None, is_master=False,
                           timeout=_dt.timedelta(seconds=idle_timeout_s))
     served = 0
+    failed = -1                 # the last generation this worker failed in: never re-joined
+    idle = _dt.timedelta(seconds=idle_timeout_s)
     while True:
         gen = int(store.get("gen").decode())
+        if gen == failed:
+            time.sleep(0.2)     # rank 0 opens the next generation when it notices
+            continue
+        store.set(f"ready/g{gen}/{rank}", "1")
         try:
+            # rank 0 starts the rendezvous as soon as every worker is ready: a short wait
             dist.init_process_group("gloo", store=dist.PrefixStore(f"g{gen}", store), rank=rank,
                                     world_size=world_size,
-                                    timeout=_dt.timedelta(seconds=idle_timeout_s))
+                                    timeout=_dt.timedelta(seconds=max(timeout_s, 30.0)))
         except Exception as e:  # noqa: BLE001
-            log.info("rank %d: join at generation %d failed (%s)", rank, gen, e)
+            log.info("rank %d: join at generation %d failed (%s)", rank, gen, str(e).splitlines()[0][:120])
             _destroy()
-            time.sleep(0.5)
+            failed = gen
             continue
         log.info("rank %d joined generation %d", rank, gen)
         try:
             while True:
                 h = torch.zeros(HEADER, dtype=torch.int64)
-                dist.recv(h, 0)
+                dist.irecv(h, 0).wait(idle)     # between requests: wait as long as idle_timeout_s
                 op = int(h[0])
                 if op == OP_STOP:
                     _destroy()
@@ -396,4 +423,4 @@ def serve_worker(adapter, rank: int, world_size: int, host: str, port: int, *,
             log.info("rank %d: group generation %d failed (%s); re-joining", rank, gen,
                      str(e).splitlines()[0][:120])
             _destroy()
-            time.sleep(0.2)
+            failed = gen
