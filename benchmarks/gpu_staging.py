@@ -45,8 +45,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 SCRIPT = os.path.abspath(__file__)
 PY = sys.executable
 
@@ -110,6 +108,8 @@ class Bench:
         os.makedirs(self.logs, exist_ok=True)
         os.makedirs(os.path.join(self.out, "parity"), exist_ok=True)
         self.grid = dict(GRIDS["quick" if a.quick else "full"])
+        if getattr(a, "bws", None):
+            self.grid["bws"] = tuple(float(x) for x in a.bws.split(",") if x.strip())
         self.budget = a.budget if a.budget is not None else self.grid["budget"]
         self.t0 = time.monotonic()
         self.deadline = self.t0 + self.budget
@@ -433,11 +433,15 @@ def _parity_configs(b: Bench) -> list:
 def parity_rank(plan_path: str) -> int:
     """(sub-command `_parity-rank`) one rank: every distributed parity configuration in
     turn through runtime.measure.run.run_rank (what `python -m runtime run` executes)."""
+    import ctypes
+
     from runtime.measure.run import RunConfig, public, run_rank, validate
-    from runtime.measure.worker import _die_with_parent
     from runtime.parallel import exchange as xch
 
-    _die_with_parent()
+    try:    # die with the launcher (even by SIGKILL): no orphan rank holds the GPU
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: best effort
+        pass
     with open(plan_path) as f:
         plan = json.load(f)
     rank, ws = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -488,10 +492,13 @@ def step_parity(b: Bench):
     entries = {}
     common = ["run", *b.model_args(), "--world-size", "1", "--strategy", "single",
               "--batch", str(g["parity_batch"]), "--seed", "0", "--warmup", "1", "--repeats", "2"]
-    singles = [("single", a.device)] + ([("single_cpu", "cpu")] if a.device != "cpu" else [])
-    for name, dev in singles:
+    singles = [("single", a.device, 1)]
+    if a.device != "cpu":
+        singles.append(("single_cpu", "cpu", max(1, min(8, (os.cpu_count() or 2) // 2))))
+    for name, dev, threads in singles:
         npy = os.path.join(pdir, f"{name}.npy")
-        r = b.sh(f"parity_{name}", [PY, "-m", "runtime", *common, "--device", dev, "--save-output", npy], 240)
+        r = b.sh(f"parity_{name}", [PY, "-m", "runtime", *common, "--device", dev, "--threads", str(threads),
+                                    "--save-output", npy], 240)
         res = b.last_json(r["stdout"]) if r["rc"] == 0 else None
         e = {"strategy": "single", "device": dev, "command": r["cmd"], "seconds": r["seconds"]}
         if res is None or not os.path.exists(npy):
@@ -608,16 +615,29 @@ def step_testbed(b: Bench):
 
 # =========================================================================== step: sweep
 
-def _sweep_argv(b: Bench, mode: str, out: str) -> list:
+def _sweep_argv(b: Bench, mode: str, out: str, bws, strategies: str) -> list:
     g = b.grid
     return [PY, "-m", "runtime", "profile", *b.model_args(img=False),
-            "--img-size", str(g["img_size"]), "--strategy", "single,voltage,prism",
+            "--img-size", str(g["img_size"]), "--strategy", strategies,
             "--batch", ",".join(str(x) for x in g["batches"]),
-            "--bw", ",".join(f"{x:g}" for x in (g["bws"] if mode != "loopback" else g["bws"][:1])),
+            "--bw", ",".join(f"{x:g}" for x in bws),
             "--cr", ",".join(f"{x:g}" for x in g["crs"]), "--world-size", "2", "--blocks",
             "--device", b.a.device, "--testbed", mode, "--warmup", str(g["warmup"]),
             "--repeats", str(g["repeats"]), "--timeout", f"{g['pg_timeout']:g}", "--meter", "none",
             "--prefix", "gs", "--no-progress", "--out", out]
+
+
+def _sweep_parts(b: Bench, mode: str) -> list:
+    """(file name, rates, strategies): on a shaped link the fastest rate first, with single,
+    then the slower rates in a map of their own, so that a time-out in the slow part
+    still leaves a perf map; on loopback one part (the rate is not applied)."""
+    bws = sorted(b.grid["bws"])
+    if mode == "loopback":
+        return [("perfmap_loopback.json", bws[:1], "single,voltage,prism")]
+    parts = [(f"perfmap_bw{bws[-1]:g}.json", bws[-1:], "single,voltage,prism")]
+    if len(bws) > 1:
+        parts.append(("perfmap_bw" + "_".join(f"{x:g}" for x in bws[:-1]) + ".json", bws[:-1], "voltage,prism"))
+    return parts
 
 
 def _map_ok(path: str):
@@ -643,28 +663,47 @@ def _map_ok(path: str):
 
 
 def step_sweep(b: Bench):
+    from costmodel.perfmap import merge_perfmaps, save_perfmap
+
     mode = b.state.get("sweep_mode", "loopback")
-    attempts = []
-    path = None
-    for i, m in enumerate([mode] + (["loopback"] if mode != "loopback" else [])):
-        if i and b.left() < 60:
-            attempts.append({"mode": m, "skipped": "too little budget left for the loopback fallback"})
-            break
-        out = os.path.join(b.out, "perfmap.json" if m == mode else f"perfmap_{m}.json")
-        r = b.sh(f"sweep_{m}", _sweep_argv(b, m, out), 400 if not b.a.quick else 240)
+    attempts, good = [], []
+    plan = [(mode, part) for part in _sweep_parts(b, mode)]
+    i = 0
+    while i < len(plan):
+        m, (fname, bws, strategies) = plan[i]
+        i += 1
+        if b.left() < 30:
+            attempts.append({"mode": m, "map": fname, "skipped": "global budget exhausted"})
+            continue
+        out = os.path.join(b.out, fname)
+        r = b.sh("sweep_" + fname[len("perfmap_"):-len(".json")],
+                 _sweep_argv(b, m, out, bws, strategies), 240 if b.a.quick else 330)
         ok, why, counts = _map_ok(out)
-        attempts.append({"mode": m, "command": r["cmd"], "rc": r["rc"], "timed_out": r["timed_out"],
+        if not ok and r["stderr_tail"]:
+            why += (" (timed out)" if r["timed_out"] else "") + f": {r['stderr_tail'][-1][:200]}"
+        attempts.append({"mode": m, "map": fname, "bws": list(bws), "strategies": strategies,
+                         "command": r["cmd"], "rc": r["rc"], "timed_out": r["timed_out"],
                          "seconds": r["seconds"], "ok": ok, "why": why, **counts,
-                         "stderr_tail": r["stderr_tail"] if not ok else None})
+                         "stderr_tail": None if ok else r["stderr_tail"]})
         if ok:
-            path = out
-            break
-    b.state["perfmap"] = path
+            good.append(out)
+        elif m != "loopback" and not good and i == 1:
+            # the shaped testbed failed on its first part: measure on loopback instead
+            plan = [(m, plan[0][1]), *(("loopback", p) for p in _sweep_parts(b, "loopback"))]
+            i = 1
     b.state["sweep"] = attempts
-    info = {"perfmap": os.path.relpath(path, b.out) if path else None, "attempts": attempts}
-    if path is None:
-        return "failed", {**info, "error": "; ".join(f"{x['mode']}: {x.get('why') or x.get('skipped')}"
-                                                     for x in attempts)}
+    path = os.path.join(b.out, "perfmap.json")
+    if len(good) == 1:
+        shutil.copyfile(good[0], path)
+    elif len(good) > 1:
+        save_perfmap(merge_perfmaps(*good), path)
+    b.state["perfmap"] = path if good else None
+    info = {"perfmap": "perfmap.json" if good else None, "parts": [os.path.basename(g) for g in good],
+            "attempts": attempts}
+    failed = [x for x in attempts if not x.get("ok")]
+    if failed:
+        return ("partial" if good else "failed"), {**info, "error": "; ".join(f"{x['mode']} {x['map']}: {x.get('why') or x.get('skipped')}"
+                                                     for x in failed)}
     return "ok", info
 
 
@@ -840,8 +879,11 @@ def write_summary(b: Bench) -> None:
     pm = _load(s["perfmap"]) if s.get("perfmap") else None
     if pm:
         recs = [r for r in pm["records"] if not r.get("error")]
+        parts = ", ".join(x["map"] + (" ok" if x.get("ok") else f" FAILED ({x.get('why') or x.get('skipped')})")
+                          for x in s.get("sweep") or [])
         L += ["", f"## Perf map ({os.path.relpath(s['perfmap'], b.out)}: {len(pm['records'])} records, "
-              f"{pm['sweep']['n_errors']} errors, link {pm['cluster'].get('testbed_mode')})", ""]
+              f"{len(pm['records']) - len(recs)} errors, link {pm['cluster'].get('testbed_mode')}; "
+              f"parts: {parts})", ""]
         batches = sorted({r["batch"] for r in recs})
         L += ["Latency median, ms (staging ms of rank 0 in brackets)", "",
               "| strategy | bw | " + " | ".join(f"B={x}" for x in batches) + " |",
@@ -901,6 +943,8 @@ def _parser():
                     help="tiny grid: test_vit img 96 depth 2, batch 1,2, one rate (the dry-run test)")
     ap.add_argument("--testbed", default="auto", choices=("auto", "netns", "loopback"),
                     help="auto: netns when its check passes, else loopback")
+    ap.add_argument("--bws", default=None, help="link rates of the sweep, Mbit/s, comma separated "
+                    "(default 200,1000; --quick 200)")
     ap.add_argument("--budget", type=float, default=None,
                     help="global wall-time budget, s (default 480 full, 300 quick)")
     return ap
@@ -908,6 +952,8 @@ def _parser():
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if ROOT not in sys.path:    # a lent GPU machine runs the working tree without installing it
+        sys.path.insert(0, ROOT)
     if argv and argv[0] == "_env":
         print(json.dumps(probe_env(argv[argv.index("--device") + 1]), default=str))
         return 0
