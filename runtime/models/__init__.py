@@ -4,8 +4,8 @@ registry.py (ModelSpec, register_family, build_adapter), vit.py (timm ViTs), hf.
 (Hugging Face BERT / GPT-2), masks.py (padding and causal masks under a partition).
 """
 from .registry import (ModelSpec, build_adapter, family_of, list_families, load_state_dict,  # noqa: F401
-                       n_tokens, register_family, shape_spec)
+                       n_tokens, register_family, shape_spec, tiny_spec)
 from . import hf, vit  # noqa: E402,F401  - register their families (transformers loads lazily)
 
 __all__ = ["ModelSpec", "build_adapter", "family_of", "list_families", "load_state_dict",
-           "n_tokens", "register_family", "shape_spec"]
+           "n_tokens", "register_family", "shape_spec", "tiny_spec"]

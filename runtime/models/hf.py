@@ -358,11 +358,13 @@ def _build(spec: ModelSpec, device, family: str):
     return adapter_cls(model, spec.name, n, spec.lengths)
 
 
-@register_family("bert", match=lambda name: _text_family(name) == "bert")
+@register_family("bert", match=lambda name: _text_family(name) == "bert",
+                 tiny=ModelSpec("bert-tiny", seq_len=24))
 def build_bert(spec: ModelSpec, device="cpu") -> HFBertAdapter:
     return _build(spec, device, "bert")
 
 
-@register_family("gpt2", match=lambda name: _text_family(name) == "gpt2")
+@register_family("gpt2", match=lambda name: _text_family(name) == "gpt2",
+                 tiny=ModelSpec("gpt2-tiny", seq_len=24))
 def build_gpt2(spec: ModelSpec, device="cpu") -> HFGPT2Adapter:
     return _build(spec, device, "gpt2")

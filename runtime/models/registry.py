@@ -44,17 +44,32 @@ class ModelSpec:
 _FAMILIES: dict = {}      # name -> (builder, matcher or None), in registration order
 
 
-def register_family(name: str, *, match: Optional[Callable[[str], bool]] = None):
+_TINY: dict = {}          # name -> a small ModelSpec of the family, for tests
+
+
+def register_family(name: str, *, match: Optional[Callable[[str], bool]] = None,
+                    tiny: Optional[ModelSpec] = None):
     """Register builder(spec, device) for the model names `match` accepts. The one family
-    registered without a matcher is the fallback (timm ViTs: timm validates the name)."""
+    registered without a matcher is the fallback (timm ViTs: timm validates the name).
+    tiny: a small random-weight model of the family; tests parametrised over the
+    registry run every strategy on it (timm's test_* variants play the same part)."""
     def deco(fn):
         if name in _FAMILIES:
             raise ValueError(f"model family {name!r} is already registered")
         if match is None and any(m is None for _, m in _FAMILIES.values()):
             raise ValueError(f"model family {name!r}: a fallback family is already registered")
         _FAMILIES[name] = (fn, match)
+        if tiny is not None:
+            _TINY[name] = tiny
         return fn
     return deco
+
+
+def tiny_spec(family: str) -> ModelSpec:
+    """The small test model a family registered (ValueError naming those that did)."""
+    if family not in _TINY:
+        raise ValueError(f"model family {family!r} registered no tiny model; those that did: {sorted(_TINY)}")
+    return _TINY[family]
 
 
 def list_families() -> list:
@@ -77,10 +92,19 @@ def load_state_dict(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(p))
-    sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    from ..errors import UsageError
+
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(p))
+        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - the refusal (weights_only) or a corrupt file: one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        why = ("it holds objects other than tensors, which weights_only=True refuses (no pickle "
+               "is executed); save a plain state dict or .safetensors"
+               if "weights_only" in str(e) or "Unpickl" in type(e).__name__ else first)
+        raise UsageError(f"checkpoint {path!r} cannot be loaded: {why}") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     return sd

@@ -127,7 +127,7 @@ class TimmViTAdapter:
 
 # --------------------------------------------------------------------------- creation
 
-@register_family("vit")
+@register_family("vit", tiny=ModelSpec("test_vit", img_size=64, depth=2))
 def build_timm(spec: ModelSpec, device="cpu") -> TimmViTAdapter:
     import timm
 
