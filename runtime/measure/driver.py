@@ -26,6 +26,8 @@ import tempfile
 import time
 from typing import Optional
 
+from costmodel import checks, safeio
+
 from ..errors import UsageError
 from .mapbuild import build_map
 from .rawlog import RawLog, now
@@ -77,9 +79,13 @@ class Sweep:
         self.configs = expand(self.spec, shaped=self.mode != "loopback")
         keys = [c.key for c in self.configs]
         assert len(keys) == len(set(keys)), "duplicate configuration keys"
-        self.raw = RawLog(self.raw_path, {**self.spec.protocol(), **(protocol_extra or {})})
         if os.path.isdir(self.out):
             raise ValueError(f"--out {self.out} is a directory; give a .json file path")
+        # every output is checked before anything is measured (the map is written at the
+        # very end of the sweep); the checks create nothing
+        for path in (self.out, self.raw_path, self.raw_path + ".ranks.log"):
+            safeio.check_writable(path)
+        self.raw = RawLog(self.raw_path, {**self.spec.protocol(), **(protocol_extra or {})})
 
     def pending(self) -> list:
         return [c for c in self.configs if c.key not in self.raw.rows]
@@ -112,8 +118,7 @@ class Sweep:
         if done0:
             log.info("resuming: %d of %d configurations already in %s", done0, len(self.configs), self.raw_path)
         self.start_progress(len(todo))
-        os.makedirs(os.path.dirname(os.path.abspath(self.raw_path)), exist_ok=True)
-        stderr_log = open(self.raw_path + ".ranks.log", "ab")
+        stderr_log = safeio.open_append(self.raw_path + ".ranks.log", "ab")
         tmpdir = tempfile.mkdtemp(prefix="pe-profile-")
         if self.host_check and todo:
             self._host_check("before")
@@ -330,6 +335,10 @@ def _list(kind, name):
                 out.append(kind(tok))
             except ValueError:
                 raise ValueError(f"--{name} value {tok!r} is not a{'n integer' if kind is int else ' number'}")
+            if kind is int:
+                checks.count(f"--{name}", out[-1])
+            else:
+                checks.positive(f"--{name}", out[-1])
         return tuple(out)
     return parse
 
@@ -337,7 +346,10 @@ def _list(kind, name):
 def add_args(p) -> None:
     p.add_argument("--model", "--models", dest="models", default="vit_tiny_patch16_224",
                    help="comma-separated timm ViT names")
-    p.add_argument("--strategy", "--strategies", dest="strategies", default="single,voltage,prism")
+    from ..parallel import list_strategies
+
+    p.add_argument("--strategy", "--strategies", dest="strategies", default="single,voltage,prism",
+                   help=f"comma-separated, of {', '.join(list_strategies())}")
     p.add_argument("--batch", "--batches", dest="batches", default="1")
     p.add_argument("--bw", "--bws", dest="bws", default="300", help="link rates, Mbit/s")
     p.add_argument("--cr", "--crs", dest="crs", default=",".join(f"{c:g}" for c in DEFAULT_CRS),
@@ -346,22 +358,22 @@ def add_args(p) -> None:
                    help="token counts via image size: seq_len = (img/patch)^2 + 1")
     p.add_argument("--world-size", "--world-sizes", dest="world_sizes", default="2",
                    help="devices P for voltage/prism")
-    p.add_argument("--depth", type=int, help="override the number of blocks (tiny test models)")
-    p.add_argument("--patch-size", type=int)
+    p.add_argument("--depth", type=checks.arg_count(), help="override the number of blocks (tiny test models)")
+    p.add_argument("--patch-size", type=checks.arg_count())
     p.add_argument("--exchange", default="pairwise", help="pairwise | allgather")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per configuration (at least)")
-    p.add_argument("--max-repeats", type=int, default=None,
+    p.add_argument("--warmup", type=checks.arg_count(0), default=1)
+    p.add_argument("--repeats", type=checks.arg_count(), default=5, help="timed repeats per configuration (at least)")
+    p.add_argument("--max-repeats", type=checks.arg_count(), default=None,
                    help="adaptive: repeat up to this many times until the median is precise (--target-se)")
-    p.add_argument("--target-se", type=float, default=0.02,
+    p.add_argument("--target-se", type=checks.arg_positive(), default=0.02,
                    help="adaptive repeats stop at this robust relative standard error of the median")
-    p.add_argument("--repeat-budget", type=float, default=20.0,
+    p.add_argument("--repeat-budget", type=checks.arg_positive("s"), default=20.0,
                    help="adaptive repeats: seconds of repeats per configuration at most")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--delay", type=float, default=0.0, help="one-way delay, ms (netem where available)")
+    p.add_argument("--delay", type=checks.arg_nonnegative("ms"), default=0.0, help="one-way delay, ms (netem where available)")
     p.add_argument("--testbed", default="auto", help="auto | netns | unshare | loopback")
-    p.add_argument("--timeout", type=float, default=120.0, help="process-group timeout, s")
+    p.add_argument("--timeout", type=checks.arg_positive("s"), default=120.0, help="process-group timeout, s")
     p.add_argument("--blocks", action="store_true", help="keep rank 0's per-block breakdown")
     p.add_argument("--meter", default="auto", help="energy meter: auto | jtop | ina3221 | rapl | none")
     p.add_argument("--power-model", default="cpu-host-assumed", help="power model of energy_est_j")
@@ -369,7 +381,7 @@ def add_args(p) -> None:
     p.add_argument("--raw", help="raw JSONL (default: the --out path with .raw.jsonl for .json, e.g. map.raw.jsonl); resumed when it exists")
     p.add_argument("--prefix", default="pe", help="namespace name prefix")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--passes", type=int, default=1,
+    p.add_argument("--passes", type=checks.arg_count(), default=1,
                    help="measure the whole grid this many times in turn; a record's median is the "
                         "median of its passes' medians (a host or link that drifts over minutes)")
     p.add_argument("--order", default="grid", choices=ORDERS,
