@@ -148,7 +148,8 @@ def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
 
     torch.set_num_threads(plan.get("threads", 1))
     device = torch.device(plan.get("device", "cpu"))
-    if device.type == "cuda" and device.index is None:    # one GPU per local rank, as `run` does
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        # one GPU per local rank, as `run` does (without CUDA the model build says so)
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     meter, estimate = _energy_tools(plan, rank)
     adapters, inputs = {}, {}
