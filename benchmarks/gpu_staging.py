@@ -126,11 +126,13 @@ class Bench:
               {"started": self.state.get("started"), "budget_s": self.budget,
                "elapsed_s": round(time.monotonic() - self.t0, 2), "steps": self.steps})
 
-    def step(self, name: str, fn, *, min_s: float = 5.0) -> None:
+    def step(self, name: str, fn, *, min_s: float = 5.0, needs_device: bool = False) -> None:
         """Run fn() -> (status, info dict); exceptions become status 'failed'."""
         rec = {"step": name, "status": None, "seconds": None, "started": _now()}
         t = time.monotonic()
-        if self.left() < min_s:
+        if needs_device and self.state.get("no_gpu"):
+            rec.update(status="skipped", reason=f"no usable GPU (env: {self.state['no_gpu']})")
+        elif self.left() < min_s:
             rec.update(status="skipped", reason=f"global budget of {self.budget:.0f} s exhausted")
         else:
             try:
@@ -312,6 +314,8 @@ def step_env(b: Bench):
             problems.append(f"smoke matmul failed: {(probe.get('smoke') or {}).get('error')}")
     info = {"dry_run": dry, "torch": tinfo.get("version"), "cuda_build": tinfo.get("cuda_build"),
             "cuda_available": tinfo.get("cuda_available"), "gpu": env["gpu"], "driver": env["driver"]}
+    if not dry and not (tinfo.get("cuda_available") and (probe.get("smoke") or {}).get("ok")):
+        b.state["no_gpu"] = "; ".join(problems)     # the device steps are skipped, not run to fail
     if problems:
         return "failed", {**info, "error": "; ".join(problems)}
     return "ok", info
@@ -502,7 +506,7 @@ def step_parity(b: Bench):
         res = b.last_json(r["stdout"]) if r["rc"] == 0 else None
         e = {"strategy": "single", "device": dev, "command": r["cmd"], "seconds": r["seconds"]}
         if res is None or not os.path.exists(npy):
-            e["error"] = f"rc={r['rc']} timed_out={r['timed_out']}: " + " | ".join(r["stderr_tail"])
+            e["error"] = f"rc={r['rc']} timed_out={r['timed_out']}: " + (r["stderr_tail"] or [""])[-1]
         else:
             e.update(_run_summary(res))
         entries[name] = e
@@ -576,7 +580,10 @@ def step_parity(b: Bench):
     info = {"failed": failed,
             "max_abs_diff": {n: e.get("vs_single", {}).get("max_abs_diff") for n, e in entries.items()
                              if "vs_single" in e}}
-    return ("failed" if failed else "ok"), info
+    if failed:
+        info["error"] = "; ".join(f"{n}: {entries[n].get('error') or 'not within tolerance'}" for n in failed)
+        return "failed", info
+    return "ok", info
 
 
 # =========================================================================== step: testbed
@@ -969,10 +976,10 @@ def main(argv=None) -> int:
     b = Bench(a)
     b.state["started"] = _now()
     b.step("env", lambda: step_env(b), min_s=0)
-    b.step("micro", lambda: step_micro(b))
-    b.step("parity", lambda: step_parity(b), min_s=20)
+    b.step("micro", lambda: step_micro(b), needs_device=True)
+    b.step("parity", lambda: step_parity(b), min_s=20, needs_device=True)
     b.step("testbed", lambda: step_testbed(b))
-    b.step("sweep", lambda: step_sweep(b), min_s=30)
+    b.step("sweep", lambda: step_sweep(b), min_s=30, needs_device=True)
     b.step("fit", lambda: step_fit(b), min_s=10)
     b.step("staging_fit", lambda: step_staging(b), min_s=0)
     try:
