@@ -493,6 +493,8 @@ def step_parity(b: Bench):
 
     a, g = b.a, b.grid
     pdir = os.path.join(b.out, "parity")
+    for fn in os.listdir(pdir):      # a reused --out: no result of an earlier run is read as this one's
+        os.unlink(os.path.join(pdir, fn))
     entries = {}
     common = ["run", *b.model_args(), "--world-size", "1", "--strategy", "single",
               "--batch", str(g["parity_batch"]), "--seed", "0", "--warmup", "1", "--repeats", "2"]
@@ -524,7 +526,8 @@ def step_parity(b: Bench):
             launch([PY, SCRIPT, "_parity-rank", "--plan", plan_path], 2, master_addr="127.0.0.1",
                    timeout_s=budget, stderr=fe,
                    env_per_rank=lambda r: {"PYTHONPATH": b.env["PYTHONPATH"], "PYTHONUNBUFFERED": "1",
-                                           "PRISM_EDGE_LOG": b.env["PRISM_EDGE_LOG"]})
+                                           "PRISM_EDGE_LOG": b.env["PRISM_EDGE_LOG"],
+                                           "GLOO_SOCKET_IFNAME": "lo"})
         except (LaunchError, OSError) as e:
             err = f"{type(e).__name__}: {e}"
     dist_s = round(time.monotonic() - t, 2)
