@@ -27,7 +27,7 @@ class CheckError(ValueError):
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:g}" if math.isfinite(v) else str(v)
-    return repr(v) if isinstance(v, str) else str(v)
+    return str(v)
 
 
 def _real(name: str, v, what: str) -> float:

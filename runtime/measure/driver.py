@@ -335,10 +335,8 @@ def _list(kind, name):
                 out.append(kind(tok))
             except ValueError:
                 raise ValueError(f"--{name} value {tok!r} is not a{'n integer' if kind is int else ' number'}")
-            if kind is int:
-                checks.count(f"--{name}", out[-1])
-            else:
-                checks.positive(f"--{name}", out[-1])
+            if kind is float:
+                checks.finite(f"--{name}", out[-1])   # NaN / inf; the spec names the range
         return tuple(out)
     return parse
 

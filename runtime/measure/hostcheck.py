@@ -195,7 +195,10 @@ def add_args(p) -> None:
 
 
 def main(a, argv_tail) -> int:
+    from costmodel import safeio
 
+    if a.out:
+        safeio.check_writable(a.out)          # before timing anything
     try:
         cores = None
         if a.cores:
@@ -209,7 +212,6 @@ def main(a, argv_tail) -> int:
     print(table(res), file=sys.stderr)
     txt = json.dumps(res, indent=1)
     if a.out:
-        from costmodel.perfmap import atomic_write_text
-        atomic_write_text(a.out, txt)
+        safeio.write_text(a.out, txt)
     print(txt)
     return 0

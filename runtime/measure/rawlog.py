@@ -75,9 +75,9 @@ class RawLog:
 
     def append(self, row: dict) -> None:
         if self._f is None:
-            d = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(d, exist_ok=True)
-            self._f = open(self.path, "a", encoding="utf-8")
+            from costmodel.safeio import open_append
+
+            self._f = open_append(self.path)      # refuses a non-regular target; one-line errors
             if self.header is None:
                 self.header = {"kind": RAW_KIND, "schema_version": RAW_SCHEMA_VERSION,
                                "protocol": self.protocol, "created": now()}

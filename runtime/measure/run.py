@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from costmodel import checks, safeio
 
 from ..models import ModelSpec, build_adapter, family_of, shape_spec
 from ..parallel import DistContext, create_strategy, list_strategies
@@ -86,6 +87,16 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"device={cfg.device!r} requested but CUDA is not available here")
     if cfg.checkpoint and not os.path.exists(cfg.checkpoint):
         raise ValueError(f"checkpoint {cfg.checkpoint!r} does not exist")
+    checks.positive("timeout", cfg.timeout_s, unit="s")
+    checks.count("threads", cfg.threads)
+    # outputs: refused now, not after the run (safeio: no file is created by the checks)
+    if cfg.save_output:
+        safeio.check_writable(cfg.save_output)
+    if cfg.trace_dir:
+        safeio.check_writable_dir(cfg.trace_dir)
+    if cfg.checkpoint and os.path.isfile(cfg.checkpoint):
+        from ..models.registry import load_state_dict
+        load_state_dict(cfg.checkpoint)      # a checkpoint weights_only refuses: one line now
     if (cfg.seq_len is not None or cfg.lengths) and family_of(cfg.model) == "vit":
         raise ValueError(f"--seq-len/--lengths apply to text models (bert-*, gpt2*, "
                          f"all-minilm-l6-v2), not to {cfg.model!r}")
@@ -148,8 +159,9 @@ def run_rank(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> Optional[dic
                                       world_size=world_size, features_last=cfg.features)
     if prof is not None:
         prof.__exit__(None, None, None)
-        os.makedirs(cfg.trace_dir, exist_ok=True)
-        prof.export_chrome_trace(os.path.join(cfg.trace_dir, f"trace_rank{rank}.json"))
+        safeio.ensure_dir(cfg.trace_dir)
+        safeio.write_with(os.path.join(cfg.trace_dir, f"trace_rank{rank}.json"),
+                          prof.export_chrome_trace, by_path=True)
 
     mine = {"rank": rank, "latency_ms": lat, "timing": median_timing(timings)}
     every = xch.gather_json(mine, rank, world_size)
@@ -181,13 +193,9 @@ def run_rank(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> Optional[dic
 
 
 def _save_npy(path: str, arr: np.ndarray) -> None:
-    """Atomic .npy write (temp file in the same folder, then rename)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
+    """Atomic .npy write (safeio.write_with: temp file in the same folder, then rename;
+    the temp file is removed on every failure)."""
+    safeio.write_with(path, lambda f: np.save(f, arr))
 
 
 # --------------------------------------------------------------------------- CLI: run
@@ -264,26 +272,26 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="timm ViT (vit_tiny/small/base_patch16_224, deit_*, test_vit) or a text model "
                         "(bert-tiny, bert-base, gpt2-tiny, gpt2, all-minilm-l6-v2)")
     add_strategy_args(p)
-    p.add_argument("--world-size", type=int, default=None,
+    p.add_argument("--world-size", type=checks.arg_count(), default=None,
                    help="devices P (ranks); default 1 for single, else 2")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=checks.arg_count(), default=1)
     p.add_argument("--partition", help="uneven token split, comma separated, e.g. 120,77")
     p.add_argument("--exchange", default="pairwise", help=" | ".join(xch.EXCHANGES))
     p.add_argument("--seed", type=int, default=0, help="weights and inputs follow from it")
-    p.add_argument("--img-size", type=int)
-    p.add_argument("--patch-size", type=int)
-    p.add_argument("--depth", type=int, help="override the number of blocks")
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--img-size", type=checks.arg_count())
+    p.add_argument("--patch-size", type=checks.arg_count())
+    p.add_argument("--depth", type=checks.arg_count(), help="override the number of blocks")
+    p.add_argument("--num-classes", type=checks.arg_count())
     p.add_argument("--checkpoint", help="local weights (.safetensors or torch state dict); "
                    "BERT/GPT-2: a local from_pretrained folder")
-    p.add_argument("--seq-len", type=int, help="text models (bert-*, gpt2*): tokens N")
+    p.add_argument("--seq-len", type=checks.arg_count(2), help="text models (bert-*, gpt2*): tokens N")
     p.add_argument("--lengths", help="BERT padding: valid tokens per sample, cycled, e.g. 32,20")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    p.add_argument("--threads", type=checks.arg_count(), default=1, help="torch threads per rank")
     p.add_argument("--pin", action="store_true", help="pin each rank to its own core")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--timeout", type=float, default=60.0,
+    p.add_argument("--warmup", type=checks.arg_count(0), default=1)
+    p.add_argument("--repeats", type=checks.arg_count(), default=1)
+    p.add_argument("--timeout", type=checks.arg_positive("s"), default=60.0,
                    help="process-group timeout in seconds (JSON: timeout_s)")
     p.add_argument("--trace", dest="trace_dir", help="write torch.profiler Chrome traces here")
     p.add_argument("--save-output", help="write rank 0's logits as .npy")

@@ -14,6 +14,9 @@ import os
 import sys
 import time
 
+from costmodel import checks
+
+from ..errors import UsageError
 
 log = logging.getLogger("runtime.demo")
 
@@ -23,16 +26,27 @@ log = logging.getLogger("runtime.demo")
 def add_args(p) -> None:
     p.add_argument("--out", default="out/demo", help="folder for the perf map, model, plots, summary")
     p.add_argument("--model", default="vit_tiny_patch16_224")
-    p.add_argument("--img-size", type=int, default=160)
-    p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--bw-high", type=float, default=400.0, help="Mbit/s before the drop")
-    p.add_argument("--bw-low", type=float, default=40.0, help="Mbit/s after the drop")
+    p.add_argument("--img-size", type=checks.arg_count(), default=160)
+    p.add_argument("--depth", type=checks.arg_count(), default=None)
+    p.add_argument("--bw-high", type=checks.arg_positive("Mbit/s"), default=400.0, help="Mbit/s before the drop")
+    p.add_argument("--bw-low", type=checks.arg_positive("Mbit/s"), default=40.0, help="Mbit/s after the drop")
     p.add_argument("--batches", default="1,4,16", help="sweep batch sizes")
     p.add_argument("--stream", default="1,16,4,16,2,16,8,1,16,4,16,16",
                    help="request batch sizes (the same stream is replayed after the drop)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=checks.arg_count(), default=3)
     p.add_argument("--testbed", default="auto", help="auto | netns | unshare | loopback")
     p.add_argument("--prefix", default="demo")
+
+
+def _counts(flag: str, text: str) -> list:
+    """Comma-separated batch sizes (integers >= 1), one line naming the flag if not."""
+    try:
+        out = [checks.count(flag, tok.strip()) for tok in text.split(",") if tok.strip()]
+    except checks.CheckError as e:
+        raise UsageError(f"{flag} {text!r}: {e}") from None
+    if not out:
+        raise UsageError(f"{flag} {text!r} must hold comma-separated batch sizes >= 1")
+    return out
 
 
 def _print_table(rows, file=sys.stdout):
@@ -51,6 +65,7 @@ def _print_table(rows, file=sys.stdout):
 def main(a, argv) -> int:
     import tempfile
 
+    from costmodel import safeio
     from costmodel.model import CostModel
     from costmodel.perfmap import atomic_write_text, load_perfmap
 
@@ -59,25 +74,37 @@ def main(a, argv) -> int:
     from ..measure.spec import SweepSpec
     from ..netem.testbed import Testbed
 
-    os.makedirs(a.out, exist_ok=True)
+    batches = tuple(_counts("--batches", a.batches))
+    stream = _counts("--stream", a.stream)
+    from ..netem.testbed import MODES
+    if a.testbed not in MODES:
+        raise UsageError(f"--testbed {a.testbed!r}; allowed: {', '.join(MODES)}")
+    safeio.check_writable_dir(a.out)                   # before the sweep, not after it
+    for name in ("perfmap.json", "perfmap.raw.jsonl", "costmodel.json", "demo.json", "demo_stream.png"):
+        safeio.check_writable(os.path.join(a.out, name))
+    try:
+        spec = SweepSpec(models=(a.model,), batches=batches, bws=(a.bw_low, a.bw_high), crs=(9.9,),
+                         img_sizes=(a.img_size,), world_sizes=(2,), depth=a.depth, repeats=a.repeats,
+                         testbed=a.testbed, meter="auto")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     t_start = time.time()
     say = lambda *x: print(*x, flush=True)  # noqa: E731
-    batches = tuple(int(b) for b in a.batches.split(","))
-    stream = [int(b) for b in a.stream.split(",")]
     common = ["--model", a.model, "--img-size", str(a.img_size)] + \
         (["--depth", str(a.depth)] if a.depth else [])
 
     say(f"== 1/4 profiling sweep: {a.model} img {a.img_size}, batch {list(batches)}, "
         f"bw {a.bw_low:g} and {a.bw_high:g} Mbit/s, single / voltage / prism CR 9.9")
-    spec = SweepSpec(models=(a.model,), batches=batches, bws=(a.bw_low, a.bw_high), crs=(9.9,),
-                     img_sizes=(a.img_size,), world_sizes=(2,), depth=a.depth, repeats=a.repeats,
-                     testbed=a.testbed, meter="auto")
     pm_path = os.path.join(a.out, "perfmap.json")
     raw = os.path.join(a.out, "perfmap.raw.jsonl")
     if os.path.exists(raw):
         os.remove(raw)
-    sweep = Sweep(spec, pm_path, raw, prefix=a.prefix, progress=True)
-    sweep.prepare()
+    try:
+        sweep = Sweep(spec, pm_path, raw, prefix=a.prefix, progress=True)
+        sweep.prepare()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    safeio.ensure_dir(a.out)
     pmd = sweep.run()
     link = pmd["environment"].get("link_emulation") or {}
     say(f"   {pmd['sweep']['n_records']} configurations in {pmd['sweep']['duration_s']:.0f} s; "
@@ -187,5 +214,10 @@ def _plots(out, results, stream, a):
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "demo_stream.png"), dpi=110)
+    import io
+
+    from costmodel import safeio
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    safeio.write_bytes(os.path.join(out, "demo_stream.png"), buf.getvalue())
     plt.close(fig)

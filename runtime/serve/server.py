@@ -9,28 +9,59 @@ import json
 import os
 import time
 
+from costmodel import checks
+
 from ..errors import UsageError
 
 
 def add_args(p) -> None:
     p.add_argument("--model", default="vit_tiny_patch16_224")
-    p.add_argument("--img-size", type=int)
-    p.add_argument("--depth", type=int)
+    p.add_argument("--img-size", type=checks.arg_count())
+    p.add_argument("--depth", type=checks.arg_count())
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--world-size", type=int, default=2)
+    p.add_argument("--world-size", type=checks.arg_count(), default=2)
     p.add_argument("--policy", default="adaptive",
                    help="adaptive, or a static strategy (runtime.list_strategies(); with --cr when it compresses)")
-    p.add_argument("--cr", type=float, default=9.9, help="static prism CR")
+    p.add_argument("--cr", type=checks.arg_positive(), default=9.9, help="static prism CR")
     p.add_argument("--costmodel", help="fitted CostModel JSON (adaptive)")
     p.add_argument("--perfmap", help="perf map whose exact entries override the model (adaptive)")
     p.add_argument("--objective", default="latency", help="latency | energy")
     p.add_argument("--stream", required=True, help="batch sizes of the requests, e.g. 1,8,16")
-    p.add_argument("--switch-at", type=int, default=-1,
+    p.add_argument("--switch-at", type=checks.arg_count(-1), default=-1,
                    help="request index before which the orchestrator changes the bandwidth")
     p.add_argument("--sync-dir", help="folder for the bandwidth-switch handshake")
-    p.add_argument("--initial-bw", type=float, help="bandwidth estimate before any observation, Mbit/s")
-    p.add_argument("--timeout", type=float, default=10.0, help="exchange timeout, s")
-    p.add_argument("--probe-every", type=int, default=4)
+    p.add_argument("--initial-bw", type=checks.arg_positive("Mbit/s"), help="bandwidth estimate before any observation, Mbit/s")
+    p.add_argument("--timeout", type=checks.arg_positive("s"), default=10.0,
+                   help="timeout of every exchange with a peer, s: a dead or hung peer makes that "
+                        "request re-run locally after at most this long")
+    p.add_argument("--probe-every", type=checks.arg_count(0), default=4,
+                   help="active bandwidth probe every N requests (0: never)")
+
+
+def _check_rank0(a):
+    """Rank 0's inputs, checked before anything is built: the policy, the objective, the
+    cost model and perf map files (missing, truncated or invalid: one line). Returns
+    (CostModel, PerfMap or None) for the adaptive policy, else (None, None)."""
+    from costmodel.decision import parse_objective
+
+    from ..parallel import list_strategies
+
+    if a.policy != "adaptive":
+        if a.policy not in list_strategies():
+            raise UsageError(f"unknown policy {a.policy!r}; allowed: adaptive, {', '.join(list_strategies())}")
+        return None, None
+    try:
+        parse_objective(a.objective)
+    except ValueError as e:
+        raise UsageError(f"--objective: {e}") from None
+    if not a.costmodel:
+        raise UsageError("--policy adaptive needs --costmodel PATH")
+    from costmodel.model import CostModel
+    from costmodel.perfmap import load_perfmap
+
+    cm = CostModel.load(a.costmodel)
+    pm = load_perfmap(a.perfmap) if a.perfmap else None
+    return cm, pm
 
 
 def main(a, argv) -> int:
@@ -52,27 +83,27 @@ def main(a, argv) -> int:
         raise UsageError(f"--stream {a.stream!r} must be comma-separated batch sizes")
     if not stream or min(stream) < 1:
         raise UsageError(f"--stream {a.stream!r} must hold batch sizes >= 1")
+    checks.count("WORLD_SIZE", ws)
+    if rank == 0:
+        cm, pm = _check_rank0(a)        # every file and option before the model is built
     ad = build_adapter(ModelSpec(a.model, img_size=a.img_size, depth=a.depth, seed=a.seed))
     if rank != 0:
         serve_worker(ad, rank, ws, host, port, timeout_s=a.timeout)
         return 0
     if a.policy == "adaptive":
-        if not a.costmodel:
-            raise UsageError("--policy adaptive needs --costmodel PATH")
         from costmodel.decision import DecisionTable
-        from costmodel.model import CostModel
-        from costmodel.perfmap import load_perfmap
         from costmodel.strategies import decision_candidates, list_strategies
 
-        cm = CostModel.load(a.costmodel)
-        pm = load_perfmap(a.perfmap) if a.perfmap else None
         crs = sorted({r.get("cr_requested") or r["cr"] for r in pm.usable() if r.get("cr")}) \
             if pm else [9.9]
         cands = [(s, c) for s, c in decision_candidates() if c is None]
         cands += [(s, c) for s in list_strategies(compresses=True) for c in crs]
-        table = DecisionTable(cm, pm, candidates=cands, objective=a.objective,
-                              seq_len=ad.seq_len, world_size=ws, model_name=a.model,
-                              batches=range(1, max(stream) + 1))
+        try:
+            table = DecisionTable(cm, pm, candidates=cands, objective=a.objective,
+                                  seq_len=ad.seq_len, world_size=ws, model_name=a.model,
+                                  batches=range(1, max(stream) + 1))
+        except ValueError as e:
+            raise UsageError(f"decision table: {e}") from None
         import math
         # ViT workers receive their embedded rows: (N - L_0) x d float32 per sample
         scatter = (ad.seq_len - math.ceil(ad.seq_len / ws)) * ad.shape.d * 4
@@ -80,10 +111,7 @@ def main(a, argv) -> int:
                              scatter_bytes_per_sample=scatter)
     else:
         from costmodel.strategies import get_formula
-        from ..parallel import list_strategies
 
-        if a.policy not in list_strategies():
-            raise UsageError(f"unknown policy {a.policy!r}; allowed: adaptive, {', '.join(list_strategies())}")
         cr = a.cr if get_formula(a.policy).compresses else None
         try:
             policy = FixedPolicy(a.policy, cr=cr, m=segment_means(ad.seq_len, ws, cr))
