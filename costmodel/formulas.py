@@ -196,6 +196,8 @@ class Plan:
     cols_split: tuple[int, ...] = field(default=())     # MLP hidden columns per device
     collective: str = ""                                # "native" / "pairwise" (head/column splits)
     tiles: int = 1                                      # galaxy: row tiles per message
+    layers_split: tuple[int, ...] = field(default=())   # pipeline: blocks per device (stage)
+    microbatches: int = 1                               # pipeline: micro-batches per pass
     formula: Any = field(default=None, compare=False, repr=False)
 
     @property

@@ -325,5 +325,78 @@ class Galaxy(HeadColumnSplit):
         return plan.n_exchanges * plan.tiles    # one step per collective per tile
 
 
-for _f in (Single(), Voltage(), Prism(), TensorParallel(), Galaxy()):
+class Pipeline(Formula):
+    """Layer pipeline (GPipe-style forward): device r holds a contiguous range of
+    `layers` blocks (uneven allowed) and all N rows of every sample; rank 0 also embeds
+    and, at the end, runs the final norm and head. The batch is cut into `microbatches`
+    (default min(batch, 4 P); clamped to the batch); each micro-batch's (b, N, d)
+    activations go rank r -> r+1 point-to-point, and the last stage sends its block
+    output back to rank 0 (which holds the embedding, and GPT-2's tied LM head). So every
+    device sends (and receives) B N d b bytes per pass, whatever the split.
+
+    Flags: distributed; all_rows; splits_weights (by layers), so that the decision hook
+    compares it only when a profile was fitted on it and a fitted model without its rows
+    refuses it: rank 0's phase times of a pipeline include waiting for the downstream
+    stages (the bubble), which the row-split strategies' pooled parameters do not
+    describe. Not compresses, not overlaps_comm."""
+
+    name, label, options = "pipeline", "pipeline", ("layers", "microbatches")
+    all_rows = True
+    splits_weights = True
+
+    def make_plan(self, shape, *, world_size, batch, partition, exchange, elem_bytes,
+                  layers=None, microbatches=None):
+        if partition is not None:
+            raise ValueError("pipeline keeps every token on every stage; partition applies to "
+                             "voltage, prism and galaxy (split layers with layers=...)")
+        ls = units_split(layers, shape.n_layers, world_size, "layers")
+        if microbatches is None:
+            mb = min(batch, 4 * world_size)
+        elif isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
+            raise ValueError(f"microbatches={microbatches} must be an integer >= 1")
+        else:
+            mb = min(microbatches, batch)
+        n = shape.seq_len
+        return Plan(self.name, shape, world_size, batch, tuple(even_partition(n, world_size)),
+                    kv_rows=(n,) * world_size, exchange=exchange, elem_bytes=elem_bytes,
+                    layers_split=ls, microbatches=mb, formula=self)
+
+    def n_exchanges(self, plan):
+        """Point-to-point hand-offs per device per pass: one per micro-batch."""
+        return 0 if plan.world_size == 1 else plan.microbatches
+
+    def n_messages(self, plan):
+        """Message steps on the critical path: the first micro-batch crosses all P links
+        (the last one back to rank 0), each later one adds one step."""
+        return 0 if plan.world_size == 1 else plan.microbatches + plan.world_size - 1
+
+    def rows_sent(self, plan, rank):
+        return plan.shape.seq_len
+
+    def comm_bytes(self, plan, rank):
+        if plan.world_size == 1:
+            return 0
+        return plan.shape.seq_len * plan.shape.d * plan.elem_bytes * plan.batch
+
+    def recv_bytes(self, plan, rank):
+        return self.comm_bytes(plan, rank)
+
+    def staged_bytes(self, plan, rank):
+        """On an accelerator: the sent activations device->host, the received host->device."""
+        return 2 * self.comm_bytes(plan, rank)
+
+    def flops(self, plan, rank, *, embed=True, head=True):
+        s = plan.shape
+        f = plan.layers_split[rank] * block_flops(s.seq_len, s.seq_len, s.d, s.d_ff)
+        if embed and rank == 0:
+            f += s.embed_flops          # GPT-2: the per-token LM head, on rank 0 for all rows
+        if head and rank == 0:
+            f += s.head_flops
+        return f * plan.batch
+
+    def extra_dict(self, plan):
+        return {"layers": list(plan.layers_split), "microbatches": plan.microbatches}
+
+
+for _f in (Single(), Voltage(), Prism(), TensorParallel(), Galaxy(), Pipeline()):
     register_formula(_f)

@@ -17,7 +17,8 @@ from costmodel.decision import DecisionTable, choose
 from costmodel.strategies import decision_candidates, get_formula
 
 DEFAULT_CANDIDATES = decision_candidates()
-TP_CANDIDATES = tuple(c for c in decision_candidates(include_split_weights=True) if c not in DEFAULT_CANDIDATES)
+TP_CANDIDATES = tuple(c for c in decision_candidates(include_split_weights=True)     # head/column splits
+                      if c not in DEFAULT_CANDIDATES and c[0] in ("tensor_parallel", "galaxy"))
 from costmodel.features import QueryError, per_sample, physics, tp_is_default, tp_key
 from costmodel.formulas import shape_for, vit_shape
 from costmodel.strategies import make_plan

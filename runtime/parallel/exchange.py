@@ -75,6 +75,13 @@ class Timer:
     def end_blocks(self) -> None:
         self._cur = None
 
+    def enter_block(self, i: int) -> None:
+        """Charge the following phases to block i, creating blocks up to i (strategies
+        that run only some blocks, or out of order: pipeline)."""
+        while len(self.blocks) <= i:
+            self.blocks.append(BlockTiming())
+        self._cur = self.blocks[i]
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -127,13 +127,32 @@ def _compositions(n: int, p: int):
         yield parts
 
 
+def _plan_layers(strategy: str, shape: ModelShape, speeds: tuple, pred, batch: int) -> SplitPlan:
+    """Pipeline: the blocks per device (contiguous stages) that minimise predict_ms
+    (the slowest stage paces a full pipeline), searched from the split proportional
+    to speed; every stage keeps at least one block when there are enough."""
+    p, nl = len(speeds), shape.n_layers
+    lo = 1 if nl >= p else 0
+
+    def mk(layers):
+        return make_plan(strategy, shape, world_size=p, batch=batch, layers=layers)
+
+    even = mk(None)
+    start = split_proportional(nl, speeds, minimum=lo)
+    layers, best = _descend(start, lo, lambda ls: pred(mk(ls)), _steps(nl))
+    if best >= pred(even):
+        layers, best = list(even.layers_split), pred(even)
+    return SplitPlan(strategy, None, {"layers": tuple(layers)}, best, speeds, pred(even), mk(layers))
+
+
 def plan_splits(strategy: str, shape: ModelShape, speeds: Sequence[float], *,
                 bw: Optional[float] = None, batch: int = 1, latency_ms: float = 0.0,
                 cr: Optional[float] = None, m: Optional[int] = None,
                 collective: Optional[str] = None, tiles: Optional[int] = None) -> SplitPlan:
     """The split of `strategy` over devices of the given speeds (FLOP/s, by rank) that
     minimises predict_ms. voltage / prism: token partition; tensor_parallel: heads and
-    MLP columns; galaxy: heads, columns (searched) and rows (in proportion to speed)."""
+    MLP columns; galaxy: heads, columns (searched) and rows (in proportion to speed);
+    pipeline: blocks per device."""
     if strategy not in planned():
         raise ValueError(f"unknown strategy {strategy!r} to plan; known: {planned()}")
     fm = get_formula(strategy)
@@ -163,6 +182,8 @@ def plan_splits(strategy: str, shape: ModelShape, speeds: Sequence[float], *,
             sizes, best = list(even.sizes), pred(even)
         return SplitPlan(strategy, tuple(sizes), dict(kw), best, speeds, pred(even), mk(sizes))
 
+    if "layers" in fm.options:           # layer pipeline: blocks per device
+        return _plan_layers(strategy, shape, speeds, pred, batch)
     extra = {"collective": collective} if collective else {}
     if "tiles" in fm.options and tiles is not None:
         extra["tiles"] = tiles
