@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -335,8 +336,8 @@ def _list(kind, name):
                 out.append(kind(tok))
             except ValueError:
                 raise ValueError(f"--{name} value {tok!r} is not a{'n integer' if kind is int else ' number'}")
-            if kind is float:
-                checks.finite(f"--{name}", out[-1])   # NaN / inf; the spec names the range
+            if kind is float and not math.isfinite(out[-1]):
+                checks.positive(f"--{name}", out[-1])   # NaN / inf refused; the spec checks the rest
         return tuple(out)
     return parse
 
