@@ -36,30 +36,75 @@ class ModelShape:
     n_layers: int
     embed_flops: float = 0.0
     head_flops: float = 0.0
+    prefix_tokens: int = 0      # ViT CLS / distillation / register rows: on device 0, never averaged
+    pool_vectors: int = 0       # head pools over all rows: vectors each device sends device 0 (avg 1, avgmax 2)
+    kv_heads: int = 0           # K/V heads (grouped-query attention); 0: as many as heads
+    mlp_mats: int = 2           # d x d_ff matrices in the MLP (2: fc1, fc2; SwiGLU 3: gate, up, down)
+    head_dim: int = 0           # 0: d / heads
 
     def __post_init__(self):
         for k in ("seq_len", "d", "heads", "d_ff", "n_layers"):
             v = getattr(self, k)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"ModelShape.{k}={v!r} must be a positive integer")
-        if self.d % self.heads:
+        for k in ("prefix_tokens", "pool_vectors", "kv_heads", "mlp_mats", "head_dim"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"ModelShape.{k}={v!r} must be an integer >= 0")
+        if not self.head_dim and self.d % self.heads:
             raise ValueError(f"d={self.d} is not divisible by heads={self.heads}")
+        if self.kv_heads and self.heads % self.kv_heads:
+            raise ValueError(f"heads={self.heads} is not a multiple of kv_heads={self.kv_heads}")
+        if self.prefix_tokens >= self.seq_len and self.prefix_tokens:
+            raise ValueError(f"prefix_tokens={self.prefix_tokens} leaves no patch rows of {self.seq_len}")
+
+    @property
+    def dh(self) -> int:
+        """Head size."""
+        return self.head_dim or self.d // self.heads
+
+    @property
+    def attn_dim(self) -> int:
+        """Width of Q (and of the attention output): heads x head size (d for most models)."""
+        return self.heads * self.dh
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of K (and of V): kv_heads x head size (attn_dim without GQA)."""
+        return (self.kv_heads or self.heads) * self.dh
+
+    def block_flops(self, lq: float, lkv: float) -> float:
+        """F(Lq, Lkv) of this shape (GQA's narrower K/V, SwiGLU's third matrix)."""
+        return block_flops(lq, lkv, self.d, self.d_ff, attn_dim=self.attn_dim,
+                           kv_dim=self.kv_dim, mlp_mats=self.mlp_mats)
 
 
 def vit_shape(name: str = "vit_base_patch16_224", *, img_size: int = 224, patch_size: int = 16,
               d: int = 768, heads: int = 12, d_ff: int | None = None, n_layers: int = 12,
-              in_chans: int = 3, num_classes: int = 1000, cls_token: bool = True) -> ModelShape:
-    """Shape of a timm-style ViT: N = (img/patch)^2 + 1 (CLS)."""
+              in_chans: int = 3, num_classes: int = 1000, cls_token: bool = True,
+              prefix_tokens: int | None = None, pool: str = "token", heads_read: int = 1,
+              fc_norm: bool = False) -> ModelShape:
+    """Shape of a timm-style ViT: N = (img/patch)^2 + prefix tokens (CLS, DeiT's
+    distillation token, registers; default: 1 if cls_token). pool "token": the head reads
+    device 0's first rows (`heads_read` classifiers: 2 for DeiT distilled); "avg" / "max":
+    one pooled vector per device goes to device 0; "avgmax": two."""
     if img_size % patch_size:
         raise ValueError(f"img_size={img_size} is not a multiple of patch_size={patch_size}")
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}; known: {list(POOLS)}")
     n_patches = (img_size // patch_size) ** 2
     d_ff = 4 * d if d_ff is None else d_ff
+    k = int(cls_token) if prefix_tokens is None else prefix_tokens
     return ModelShape(
-        name=name, seq_len=n_patches + int(cls_token), d=d, heads=heads, d_ff=d_ff,
+        name=name, seq_len=n_patches + k, d=d, heads=heads, d_ff=d_ff,
         n_layers=n_layers,
         embed_flops=2.0 * n_patches * (in_chans * patch_size * patch_size) * d,
-        head_flops=2.0 * d * num_classes,
+        head_flops=2.0 * d * num_classes * heads_read,
+        prefix_tokens=k, pool_vectors=POOLS[pool],
     )
+
+
+POOLS = {"token": 0, "avg": 1, "max": 1, "avgmax": 2}    # pooled vectors per device
 
 
 def bert_shape(name: str = "bert-base", *, seq_len: int = 256, d: int = 768, heads: int = 12,
@@ -128,6 +173,13 @@ def check_partition(sizes: Sequence[int], n: int) -> list[int]:
     return sizes
 
 
+def check_prefix(sizes: Sequence[int], shape: ModelShape) -> None:
+    """A ViT's prefix tokens (CLS, distillation, registers) live on device 0."""
+    if shape.prefix_tokens > sizes[0]:
+        raise ValueError(f"partition {list(sizes)} gives device 0 {sizes[0]} rows, fewer than "
+                         f"{shape.name!r}'s {shape.prefix_tokens} prefix tokens, which live on device 0")
+
+
 def offsets(sizes: Sequence[int]) -> list[int]:
     """Global position of each device's first token."""
     out, a = [], 0
@@ -167,11 +219,32 @@ def means_per_device(sizes: Sequence[int], m: int) -> list[int]:
     return [min(m, s) for s in sizes]
 
 
+def prism_segments(sizes: Sequence[int], m: int, prefix: int = 0) -> list[list[int]]:
+    """Each device's Prism segment sizes (rows per mean). Device 0's `prefix` tokens (a
+    ViT's CLS / distillation / register rows) travel as themselves, one segment each;
+    every device's other rows are cut into min(m, rows) tensor_split segments. Without
+    prefix tokens: segment_sizes(s, min(m, s)) per device."""
+    if prefix > sizes[0]:
+        raise ValueError(f"device 0 holds {sizes[0]} rows, fewer than the model's {prefix} "
+                         "prefix tokens (CLS / registers), which live on device 0")
+    out = []
+    for q, s in enumerate(sizes):
+        k = prefix if q == 0 else 0
+        rest = s - k
+        out.append([1] * k + (segment_sizes(rest, min(m, rest)) if rest else []))
+    return out
+
+
 # --------------------------------------------------------------------------- FLOPs
 
-def block_flops(lq: float, lkv: float, d: int, d_ff: int) -> float:
-    """F(Lq, Lkv): FLOPs of one Transformer block for Lq query rows over Lkv key rows."""
-    return 4 * lq * d * d + 4 * lkv * d * d + 4 * lq * lkv * d + 4 * lq * d * d_ff
+def block_flops(lq: float, lkv: float, d: int, d_ff: int, *, attn_dim: int | None = None,
+                kv_dim: int | None = None, mlp_mats: int = 2) -> float:
+    """F(Lq, Lkv): FLOPs of one Transformer block for Lq query rows over Lkv key rows:
+    Q and output projections (4 Lq d A), K and V (4 Lkv d A_kv), scores and A.V
+    (4 Lq Lkv A), the MLP (2 mlp_mats Lq d d_ff). A = A_kv = d by default (no GQA)."""
+    a = d if attn_dim is None else attn_dim
+    akv = a if kv_dim is None else kv_dim
+    return 4 * lq * d * a + 4 * lkv * d * akv + 4 * lq * lkv * a + 2 * mlp_mats * lq * d * d_ff
 
 
 @dataclass(frozen=True)
@@ -221,18 +294,31 @@ class Plan:
             return max(self.rows_sent(q) for q in range(self.world_size))
         return self.rows_sent(rank)
 
+    def pool_bytes(self, rank: int) -> int:
+        """Bytes device `rank` sends device 0 for a head that pools over all rows (a ViT's
+        avg / max pooling: shape.pool_vectors partial pools of d per sample, once per
+        pass); 0 when device 0 holds every row or the head reads device 0's rows only."""
+        if (rank == 0 or self.world_size == 1 or not self.shape.pool_vectors
+                or getattr(self.formula, "all_rows", False)):
+            return 0
+        return self.shape.pool_vectors * self.shape.d * self.elem_bytes * self.batch
+
     def comm_bytes(self, rank: int) -> int:
-        """Bytes one device sends per forward pass (Voltage: (P-1) * rows * d * b * B per block)."""
-        return self.formula.comm_bytes(self, rank)
+        """Bytes one device sends per forward pass (Voltage: (P-1) * rows * d * b * B per
+        block), plus pool_bytes."""
+        return self.formula.comm_bytes(self, rank) + self.pool_bytes(rank)
 
     def recv_bytes(self, rank: int) -> int:
         """Bytes one device receives per forward pass."""
-        return self.formula.recv_bytes(self, rank)
+        pool = sum(self.pool_bytes(q) for q in range(self.world_size)) if rank == 0 else 0
+        return self.formula.recv_bytes(self, rank) + pool
 
     def staged_bytes(self, rank: int) -> int:
         """Bytes copied device->host (own rows) plus host->device (every peer's rows) per
         pass when the model sits on an accelerator; padding is never staged."""
-        return self.formula.staged_bytes(self, rank)
+        pool = (sum(self.pool_bytes(q) for q in range(self.world_size)) if rank == 0
+                else self.pool_bytes(rank))
+        return self.formula.staged_bytes(self, rank) + pool
 
     def flops(self, rank: int, *, embed: bool = True, head: bool = True) -> float:
         """FLOPs of one device for the whole batch (blocks, plus own-token embedding and,

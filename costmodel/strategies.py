@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .formulas import (COLLECTIVES, EXCHANGE_MODES, ModelShape, Plan, block_flops, check_partition,
-                       even_partition, means_per_device, resolve_m, ring_allreduce_bytes, rs_ag_rows,
+                       check_prefix, even_partition, prism_segments, resolve_m, ring_allreduce_bytes, rs_ag_rows,
                        tp_block_flops, units_split)
 
 _FORMULAS: dict = {}
@@ -118,6 +118,7 @@ class Formula:
         sizes = check_partition(partition, n) if partition is not None else even_partition(n, world_size)
         if len(sizes) != world_size:
             raise ValueError(f"partition {sizes} has {len(sizes)} parts for world_size={world_size}")
+        check_prefix(sizes, shape)
         return Plan(self.name, shape, world_size, batch, tuple(sizes), kv_rows=(n,) * world_size,
                     exchange=exchange, elem_bytes=elem_bytes, formula=self)
 
@@ -152,7 +153,7 @@ class Formula:
 
     def flops(self, plan: Plan, rank: int, *, embed: bool = True, head: bool = True) -> float:
         s = plan.shape
-        f = s.n_layers * block_flops(plan.sizes[rank], plan.kv_rows[rank], s.d, s.d_ff)
+        f = s.n_layers * s.block_flops(plan.sizes[rank], plan.kv_rows[rank])
         if embed:
             f += s.embed_flops * plan.sizes[rank] / s.seq_len
         if head and rank == 0:
@@ -196,13 +197,13 @@ class Prism(Formula):
                                  exchange=exchange, elem_bytes=elem_bytes)
         sizes = base.sizes
         m, cr = resolve_m(max(sizes), cr=cr, m=m)
-        ms = means_per_device(sizes, m)
+        ms = [len(g) for g in prism_segments(sizes, m, shape.prefix_tokens)]
         kv = tuple(sizes[p] + sum(ms[q] for q in range(world_size) if q != p) for p in range(world_size))
         return Plan("prism", shape, world_size, batch, sizes, m=m, cr=cr, kv_rows=kv,
                     exchange=exchange, elem_bytes=elem_bytes, formula=self)
 
     def rows_sent(self, plan, rank):
-        return means_per_device(plan.sizes, plan.m)[rank]
+        return len(prism_segments(plan.sizes, plan.m, plan.shape.prefix_tokens)[rank])
 
 
 class HeadColumnSplit(Formula):

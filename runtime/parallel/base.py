@@ -23,6 +23,7 @@ from costmodel.formulas import Plan, offsets
 from costmodel.strategies import get_formula, make_plan
 from ..models.masks import full_token_masks, token_info
 from .exchange import Exchanger, Timer, gather_rows_to_all
+from .pool import gather_partials
 
 _REGISTRY: dict = {}
 
@@ -138,11 +139,20 @@ class Runner:
             x = self.strategy.block_step(self, i, x, ex, timer)
         timer.end_blocks()
         logits = None
+        pooled = (getattr(ad.shape, "pool_vectors", 0) and ctx.world_size > 1
+                  and not self.strategy.all_rows)
         with timer.phase("compute"):
             xn = ad.final_norm(x)
             # per-position heads (GPT-2) run on every rank's own rows
-            if ctx.rank == 0 or (getattr(ad, "head_per_position", False) and not self.strategy.all_rows):
+            if pooled:
+                part = ad.pool_partial(xn, self.start)
+            elif ctx.rank == 0 or (getattr(ad, "head_per_position", False) and not self.strategy.all_rows):
                 logits = ad.head(xn)
+        if pooled:      # the head pools over every row: partial pools to rank 0 (parallel/pool.py)
+            parts = gather_partials(part, ctx.rank, ctx.world_size, ctx.device, timer)
+            if parts is not None:
+                with timer.phase("compute"):
+                    logits = ad.head_from_partials(parts)
         feats = None
         if features:
             local = self.strategy.all_rows or ctx.world_size == 1

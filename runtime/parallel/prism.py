@@ -12,21 +12,29 @@ from typing import Optional
 
 import torch
 
-from costmodel.formulas import segment_sizes
+from costmodel.formulas import prism_segments, segment_sizes
 from ..models.masks import prism_masks
 from .base import Strategy, opt, register_strategy
 
 AVERAGED = ("output", "ln1")
 
 
-def segment_mean_matrix(rows: int, m: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    """(m, rows) averaging matrix with tensor_split segments: A @ X = segment means."""
-    a = torch.zeros(m, rows, dtype=dtype)
+def segment_mean_matrix(rows, m: Optional[int] = None, dtype=torch.float32,
+                        device="cpu") -> torch.Tensor:
+    """(m, rows) averaging matrix with tensor_split segments: A @ X = segment means.
+    `rows` may instead be the list of segment sizes (prism_segments), m then None."""
+    sizes = segment_sizes(rows, m) if m is not None else list(rows)
+    a = torch.zeros(len(sizes), sum(sizes), dtype=dtype)
     start = 0
-    for j, s in enumerate(segment_sizes(rows, m)):
+    for j, s in enumerate(sizes):
         a[j, start:start + s] = 1.0 / s
         start += s
     return a.to(device)
+
+
+def _segments(plan) -> list:
+    """Every rank's segment sizes (device 0's prefix tokens, if any, one segment each)."""
+    return prism_segments(plan.sizes, plan.m, plan.shape.prefix_tokens)
 
 
 @dataclass(frozen=True)
@@ -70,21 +78,22 @@ class Prism(Strategy):
 
     def prepare(self, adapter, ctx, plan):
         ms = [plan.rows_sent(q) for q in range(ctx.world_size)]
+        segs = _segments(plan)
         rows = plan.sizes[ctx.rank]
         cols = [torch.zeros(rows)]
         for q in range(ctx.world_size):
             if q != ctx.rank:
-                s = segment_sizes(plan.sizes[q], ms[q])
+                s = segs[q]
                 cols.append(torch.tensor([math.log(c) if self.log_bias else 0.0 for c in s]))
         bias = torch.cat(cols).to(ctx.device)
-        return PrismState(ms, segment_mean_matrix(rows, ms[ctx.rank], device=ctx.device),
+        return PrismState(ms, segment_mean_matrix(segs[ctx.rank], device=ctx.device),
                           None if not bias.any() else bias.view(1, 1, 1, -1))
 
     def masks(self, run, info):
         if info is None or run.ctx.world_size == 1:
             return super().masks(run, info)
-        plan, ms = run.plan, run.state.means_rows
-        segs = [segment_sizes(plan.sizes[q], ms[q]) for q in range(run.ctx.world_size)]
+        plan = run.plan
+        segs = _segments(plan)
         return prism_masks(info, run.ctx.rank, plan.sizes, segs, self.log_bias,
                            1 if info.valid is None else info.valid.shape[0], run.ctx.device)
 
