@@ -93,7 +93,8 @@ def predict(batch, bw, cr, *, seq_len=None, strategy="prism", world_size=None, p
     Returns {"latency_ms": batch latency in ms, "per_sample_ms", "energy_j": J per batch
     (None without an energy calibration), "breakdown": {"compute_ms", "staging_ms",
     "comm_ms", "other_ms"}, "interval": {"level", "latency_ms": [lo, hi], "energy_j":
-    [lo, hi]}, "analytical_ms": the calibrated physics alone, "profile", "strategy"}.
+    [lo, hi]}, "analytical_ms": the calibrated physics alone, "profile", "strategy",
+    "memory_peak_bytes": predicted peak bytes per device (costmodel.memory; None for arrays)}.
     Scalars in, floats out; arrays in, arrays out. Bad input raises ValueError (one line).
     """
     _check_scalars(batch, bw, cr, seq_len, strategy, world_size)
@@ -115,4 +116,18 @@ def predict(batch, bw, cr, *, seq_len=None, strategy="prism", world_size=None, p
         "analytical_ms": _out(p["analytical_ms"]),
         "profile": DEFAULT_PROFILE if profile is None else profile,
         "strategy": strategy if isinstance(strategy, str) else None,
+        "memory_peak_bytes": _memory_peak(cm, batch, cr, seq_len, strategy, world_size, model),
     }
+
+
+def _memory_peak(cm, batch, cr, seq_len, strategy, world_size, model):
+    """Predicted peak bytes per device (costmodel.memory) for a scalar query; None for
+    array queries (the vectorised path stays as it was)."""
+    if not isinstance(strategy, str) or any(np.ndim(v) for v in (batch, cr, seq_len, world_size)):
+        return None
+    from .features import shape_at
+    from .memory import peak_for
+
+    shape = cm._shape(model)
+    shape = shape if seq_len is None else shape_at(shape, int(seq_len))
+    return peak_for(strategy, shape, world_size=int(world_size), batch=int(batch), cr=cr)
