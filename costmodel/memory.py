@@ -32,8 +32,10 @@ L_kv key/value rows, A attention columns, c MLP columns of this device:
                keep none;
   MLP:       x, the residual sum (2 L_q d) + fc1 and its activation (2 L_q c);
   weight splits add the partial sum and its reduction (2 L_q d) to each;
-  a block's peak is the larger; the head's output (ViT / BERT: per sample; GPT-2: V per
-  own row) and, on an embedding device, the (B, N, d) embedding come on top.
+  a block's peak is the larger, plus, on an embedding device, the (B, N, d) embedding;
+  the head stage comes after the blocks (their activations freed): the head's output
+  (ViT / BERT: per sample; GPT-2: V per own row) + the last block output and its norm;
+  the peak is the larger stage.
 Pipeline stages hold one micro-batch's activations (the largest, ceil(B / M) samples).
 
 Buffers: what arrives per exchange (Plan.recv_bytes / n_exchanges) twice for a row
@@ -144,12 +146,13 @@ def activation_bytes(plan: Plan, rank: int, *, attention: str = "fused") -> int:
         if r["split"]:
             attn, mlp = attn + 2 * lq * d, mlp + 2 * lq * d
         block = max(attn, mlp)
-    per_sample = block
-    if r["head"]:
-        per_sample += _head_out(s, r["head_rows"])
-    total = per_sample * r["batch"]
+    total = block * r["batch"]
     if r["embed"]:
         total += s.seq_len * d * plan.batch           # the (B, N, d) embedding
+    if r["head"]:                                     # after the blocks: their activations are gone
+        rows = r["head_rows"]
+        head = (_head_out(s, rows) + 2 * rows * d) * plan.batch     # output, last block output, its norm
+        total = max(total, head)
     return int(total * plan.elem_bytes)
 
 
