@@ -54,12 +54,16 @@ ATTENTION = ("fused", "math")
 BERT_VOCAB, BERT_POSITIONS, GPT2_POSITIONS = 30522, 512, 1024
 
 
-def block_params(d: int, d_ff: int, attn_dim: int | None = None, cols: int | None = None) -> int:
+def block_params(d: int, d_ff: int, attn_dim: int | None = None, cols: int | None = None,
+                 *, kv_frac: float = 1.0, mlp_mats: int = 2) -> int:
     """Elements of one block's weights held by a device with `attn_dim` attention
-    columns and `cols` MLP columns (None: the whole block)."""
+    columns and `cols` MLP columns (None: the whole block); kv_frac: K/V width over the
+    query width (grouped-query attention), mlp_mats: d x d_ff matrices (SwiGLU: 3)."""
     a = d if attn_dim is None else attn_dim
     c = d_ff if cols is None else cols
-    return (4 * d * a + 3 * a + d) + (2 * d * c + c + d) + 4 * d
+    akv = a * kv_frac
+    return int((2 * d * a + a + 2 * d * akv + 2 * akv + d) + (mlp_mats * d * c + (mlp_mats - 1) * c + d)
+               + 4 * d)
 
 
 def embedding_params(shape) -> int:
@@ -121,7 +125,10 @@ def weights_bytes(plan: Plan, rank: int, *, embed_elems: int | None = None,
                   head_elems: int | None = None) -> int:
     """Bytes of the weights device `rank` holds."""
     s, r = plan.shape, _roles(plan, rank)
-    n = r["blocks"] * block_params(s.d, s.d_ff, r["attn_dim"], r["cols"])
+    kv = getattr(s, "kv_dim", s.d) / getattr(s, "attn_dim", s.d)
+    a = r["attn_dim"] if r["attn_dim"] is not None else getattr(s, "attn_dim", s.d)
+    n = r["blocks"] * block_params(s.d, s.d_ff, a, r["cols"], kv_frac=kv,
+                                   mlp_mats=getattr(s, "mlp_mats", 2))
     if r["embed"]:
         n += embedding_params(s) if embed_elems is None else embed_elems
     if r["head"]:

@@ -388,7 +388,7 @@ class Pipeline(Formula):
 
     def flops(self, plan, rank, *, embed=True, head=True):
         s = plan.shape
-        f = plan.layers_split[rank] * block_flops(s.seq_len, s.seq_len, s.d, s.d_ff)
+        f = plan.layers_split[rank] * s.block_flops(s.seq_len, s.seq_len)
         if embed and rank == 0:
             f += s.embed_flops          # GPT-2: the per-token LM head, on rank 0 for all rows
         if head and rank == 0:
