@@ -125,9 +125,19 @@ def _memory_peak(cm, batch, cr, seq_len, strategy, world_size, model):
     array queries (the vectorised path stays as it was)."""
     if not isinstance(strategy, str) or any(np.ndim(v) for v in (batch, cr, seq_len, world_size)):
         return None
-    from .features import shape_at
-    from .memory import peak_for
+    key = (id(cm), model, seq_len, strategy, world_size, batch, cr)
+    hit = _PEAKS.get(key)
+    if hit is None:
+        from .features import shape_at
+        from .memory import peak_for
 
-    shape = cm._shape(model)
-    shape = shape if seq_len is None else shape_at(shape, int(seq_len))
-    return peak_for(strategy, shape, world_size=int(world_size), batch=int(batch), cr=cr)
+        shape = cm._shape(model)
+        shape = shape if seq_len is None else shape_at(shape, int(seq_len))
+        hit = peak_for(strategy, shape, world_size=int(world_size), batch=int(batch), cr=cr)
+        if len(_PEAKS) > 10_000:
+            _PEAKS.clear()
+        _PEAKS[key] = hit
+    return list(hit)
+
+
+_PEAKS: dict = {}
