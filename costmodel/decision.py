@@ -54,13 +54,17 @@ class DecisionTable:
 
     model: a fitted costmodel.CostModel. perfmap: optional PerfMap whose exact entries
     override the model. objective: see parse_objective. max_cr: highest CR the user's
-    accuracy budget accepts (prism candidates above it are dropped).
+    accuracy budget accepts (prism candidates above it are dropped). max_memory_mb: memory
+    budget in MB (10^6 bytes), one number for every device or one per device (rank order;
+    single runs on device 0): a candidate whose predicted peak (costmodel.memory) exceeds
+    it on any device is never chosen, and a batch that nothing fits is refused.
     """
 
     def __init__(self, model, perfmap=None, *, candidates: Optional[Sequence] = None,
                  objective="latency", max_cr: Optional[float] = None, seq_len: Optional[int] = None,
                  world_size: int = 2, batches: Sequence[int] = tuple(range(1, 65)),
-                 bws: Optional[Sequence[float]] = None, model_name: Optional[str] = None):
+                 bws: Optional[Sequence[float]] = None, model_name: Optional[str] = None,
+                 max_memory_mb=None):
         self.weights = parse_objective(objective)
         if candidates is None:
             candidates = decision_candidates()
@@ -89,6 +93,7 @@ class DecisionTable:
             cands = [(s, c) for s, c in cands if c is None or c <= max_cr]
         if not cands:
             raise ValueError("no candidates left to choose from")
+        self.budget = _budget(max_memory_mb, world_size)
         self.model, self.perfmap = model, perfmap
         self.candidates, self.labels = cands, [_label(s, c) for s, c in cands]
         self.seq_len, self.world_size, self.model_name = seq_len, world_size, model_name
@@ -108,6 +113,12 @@ class DecisionTable:
         self.source = np.zeros(self.latency.shape, dtype=bool)  # True = measured entry
         if self.perfmap is not None:
             self._overlay(self.perfmap)
+        self.peak_mb = np.array([[max(self._peak_mb(s, c, int(b))) for b in self.batches]
+                                 for s, c in self.candidates]) if self.budget is not None else None
+        if self.budget is not None:
+            self.fits = np.array([[self._fits(s, c, int(b)) for b in self.batches] for s, c in self.candidates])
+            self.latency[~self.fits] = np.inf
+            self.energy[~self.fits] = np.inf
         self.score = self._score(self.latency, self.energy)
         order = np.argsort(self.score, axis=0)
         self.best = order[0]
@@ -197,6 +208,8 @@ class DecisionTable:
         if bi is None or wi is None:
             return self._choose_direct(batch, bw)
         c = int(self.best[bi, wi])
+        if self.budget is not None and not self.fits[c, bi]:
+            self._refuse(batch)
         s, cr = self.candidates[c]
         return {
             "mode": self.labels[c], "strategy": s, "cr": cr,
@@ -207,6 +220,25 @@ class DecisionTable:
             "source": "profiled" if self.source[c, bi, wi] else "model",
             "margin": float(self.margin[bi, wi]), "bw_grid": float(self.bws[wi]),
         }
+
+    # ------------------------------------------------------------------ memory budget
+    def _peak_mb(self, strategy: str, cr, batch: int) -> list:
+        """Predicted peak MB per device (costmodel.memory) of a candidate at a batch."""
+        from .memory import peak_for
+
+        ws = self.world_size if get_formula(strategy).distributed else 1
+        shape = self.model.query_shape(self.model_name, self.seq_len)
+        return [v / 1e6 for v in peak_for(strategy, shape, world_size=ws, batch=batch, cr=cr)]
+
+    def _fits(self, strategy: str, cr, batch: int) -> bool:
+        return all(p <= self.budget[r] for r, p in enumerate(self._peak_mb(strategy, cr, batch)))
+
+    def _refuse(self, batch: int):
+        peaks = {lab: round(max(self._peak_mb(s, c, batch)), 1)
+                 for (s, c), lab in zip(self.candidates, self.labels)}
+        best = min(peaks, key=peaks.get)
+        raise ValueError(f"no candidate fits max_memory_mb={self.budget if len(set(self.budget)) > 1 else self.budget[0]:g} "
+                         f"at batch {batch}: the smallest predicted peak is {best} with {peaks[best]} MB")
 
     def choose_fast(self, batch: int, bw: float) -> tuple:
         """(strategy, cr) only: the hot path (a dict lookup and a binary search)."""
@@ -219,12 +251,15 @@ class DecisionTable:
 
     def _choose_direct(self, batch, bw) -> dict:
         lat, en = [], []
+        if self.budget is not None and not any(self._fits(s, c, int(batch)) for s, c in self.candidates):
+            self._refuse(batch)
         for s, cr in self.candidates:
             p = self.model.predict(batch, bw, cr, strategy=s, seq_len=self.seq_len,
                                    world_size=self.world_size if get_formula(s).distributed else 1,
                                    model=self.model_name)
-            lat.append(float(p["latency_ms"]))
-            en.append(float(p["energy_j"]))
+            ok = self.budget is None or self._fits(s, cr, int(batch))
+            lat.append(float(p["latency_ms"]) if ok else math.inf)
+            en.append(float(p["energy_j"]) if ok else math.inf)
         score = self._score(np.array(lat)[:, None], np.array(en)[:, None])[:, 0]
         order = np.argsort(score)
         c = int(order[0])
@@ -250,20 +285,33 @@ def _f(x):
 _TABLES: dict = {}
 
 
+def _budget(max_memory_mb, world_size: int):
+    """None, or the budget in MB per device (a number for every device, or one each)."""
+    if max_memory_mb is None:
+        return None
+    vals = list(max_memory_mb) if isinstance(max_memory_mb, (list, tuple)) else [max_memory_mb] * world_size
+    if len(vals) != world_size:
+        raise ValueError(f"max_memory_mb has {len(vals)} values for world_size={world_size}; "
+                         "give one number or one per device")
+    return [checks.positive("max_memory_mb", v) for v in vals]
+
+
 def choose(batch: int, bw: float, *, seq_len: Optional[int] = None, objective="latency",
            max_cr: Optional[float] = None, candidates: Optional[Sequence] = None,
-           world_size: int = 2, profile: Optional[str] = None) -> dict:
+           world_size: int = 2, profile: Optional[str] = None, max_memory_mb=None) -> dict:
     """One-call decision on a shipped profile (see DecisionTable.choose). The table for
-    a (profile, seq_len, objective, max_cr, candidates, world_size) is built on first use
-    and cached, so later calls cost microseconds."""
+    a (profile, seq_len, objective, max_cr, candidates, world_size, max_memory_mb) is
+    built on first use and cached, so later calls cost microseconds."""
     from .api import load_profile
 
     candidates = decision_candidates() if candidates is None else candidates
     max_cr = checks.optional(checks.positive, "max_cr", max_cr)    # NaN would drop every prism
-    key = (profile, seq_len, repr(parse_objective(objective)), max_cr, tuple(candidates), world_size)
+    mem = tuple(max_memory_mb) if isinstance(max_memory_mb, (list, tuple)) else max_memory_mb
+    key = (profile, seq_len, repr(parse_objective(objective)), max_cr, tuple(candidates), world_size, mem)
     t = _TABLES.get(key)
     if t is None:
         t = DecisionTable(load_profile(profile), candidates=candidates, objective=objective,
-                          max_cr=max_cr, seq_len=seq_len, world_size=world_size)
+                          max_cr=max_cr, seq_len=seq_len, world_size=world_size,
+                          max_memory_mb=max_memory_mb)
         _TABLES[key] = t
     return t.choose(batch, bw)

@@ -598,6 +598,14 @@ class CostModel:
         return ModelShape(**{k: m[k] for k in ("name", "seq_len", "d", "heads", "d_ff", "n_layers")},
                           embed_flops=float(m["embed_flops"]), head_flops=float(m["head_flops"]))
 
+    def query_shape(self, model: str | None = None, seq_len: int | None = None) -> ModelShape:
+        """The ModelShape a query is answered for: the fitted model `model` (default: the
+        first), at `seq_len` tokens when given (costmodel.features.shape_at)."""
+        from .features import shape_at
+
+        shape = self._shape(model)
+        return shape if seq_len is None else shape_at(shape, int(seq_len))
+
     def _warn_range(self, f: dict):
         notes = []
         for ax in AXES:
