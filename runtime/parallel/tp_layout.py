@@ -215,7 +215,13 @@ class BertLayout(_Layout):
         return o.LayerNorm(o.dropout(m + o.dense.bias) + x)
 
 
-LAYOUTS = {"vit": ViTLayout, "bert": BertLayout}
+LAYOUTS = {"vit": ViTLayout, "bert": BertLayout, "roberta": BertLayout}
+Layout = _Layout        # public base for layouts registered from other modules
+
+
+def register_layout(family: str, cls) -> None:
+    """Register the head / column layout of a model family (parallel/tp_layout_hf.py)."""
+    LAYOUTS[family] = cls
 
 
 def layout_for(adapter) -> _Layout:
