@@ -63,6 +63,11 @@ def unsupported_reason(model: nn.Module) -> Optional[str]:
             return f"blocks of type {type(blk).__name__}; only the pre-LN timm Block is supported"
         if type(blk.attn) is not Attention:
             return f"attention of type {type(blk.attn).__name__}; only timm Attention is supported"
+    from timm.layers import PatchEmbed
+    pe = model.patch_embed
+    if not isinstance(pe, PatchEmbed) or not isinstance(getattr(pe, "proj", None), nn.Conv2d):
+        return (f"patch embedding {type(pe).__name__} with a {type(getattr(pe, 'proj', None)).__name__} "
+                "projection (a CNN stem); only timm PatchEmbed with a patch convolution is supported")
     if getattr(model.patch_embed, "dynamic_img_pad", False):
         return "dynamic_img_pad changes the token count per image; not supported"
     return None
