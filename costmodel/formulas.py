@@ -131,6 +131,20 @@ def gpt2_shape(name: str = "gpt2", *, seq_len: int = 256, d: int = 768, heads: i
                       n_layers=n_layers, embed_flops=per_token * seq_len, head_flops=0.0)
 
 
+def llama_shape(name: str = "llama", *, seq_len: int = 256, d: int = 576, heads: int = 9,
+                kv_heads: int = 3, head_dim: int | None = None, d_ff: int = 1536, n_layers: int = 30,
+                vocab_size: int = 49152, lm_head: bool = True) -> ModelShape:
+    """Shape of a Llama-family decoder (RoPE, RMSNorm, grouped-query attention, SwiGLU):
+    K and V have kv_heads x head_dim columns, the MLP three d x d_ff matrices; every
+    device runs the LM head on its own rows (carried in embed_flops, as for GPT-2).
+    Defaults: SmolLM2-135M."""
+    hd = d // heads if head_dim is None else head_dim
+    per_token = 2.0 * d * vocab_size if lm_head else 0.0
+    return ModelShape(name=name, seq_len=seq_len, d=d, heads=heads, d_ff=d_ff, n_layers=n_layers,
+                      embed_flops=per_token * seq_len, head_flops=0.0, kv_heads=kv_heads,
+                      mlp_mats=3, head_dim=0 if hd * heads == d else hd)
+
+
 # Known shapes by name (for the torch-free side: cost model, notebooks, decision hook).
 KNOWN_SHAPES = {
     "vit_tiny_patch16_224": dict(d=192, heads=3, n_layers=12),

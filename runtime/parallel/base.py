@@ -134,10 +134,17 @@ class Runner:
             else:
                 x = ad.embed(inputs)[:, self.start:self.start + self.rows]
                 self.masks = self.strategy.masks(self, token_info(ad, inputs))
+        bind = getattr(ad, "bind_positions", None)     # RoPE models: positions of own / remote rows
+        if bind is not None:
+            remote = (None if self.strategy.all_rows or ctx.world_size == 1
+                      else self.strategy.remote_positions(self))
+            bind(torch.arange(self.start, self.start + self.rows), remote)
         for i in range(len(ad.blocks)):
             timer.start_block()
             x = self.strategy.block_step(self, i, x, ex, timer)
         timer.end_blocks()
+        if bind is not None:
+            bind(None, None)
         logits = None
         pooled = (getattr(ad.shape, "pool_vectors", 0) and ctx.world_size > 1
                   and not self.strategy.all_rows)
@@ -203,6 +210,14 @@ class Strategy:
         starts = offsets(sizes)
         k_pos = torch.cat([torch.arange(starts[q], starts[q] + sizes[q]) for q in order])
         return full_token_masks(info, run.start, run.rows, k_pos.to(run.ctx.device))
+
+    def remote_positions(self, run: Runner) -> torch.Tensor:
+        """Global positions of the remote K/V columns block_step hands adapter.block (every
+        peer's rows in rank order); models with rotary positions rotate keys at them."""
+        sizes, r = run.plan.sizes, run.ctx.rank
+        starts = offsets(sizes)
+        return torch.cat([torch.arange(starts[q], starts[q] + sizes[q], dtype=torch.float32)
+                          for q in range(len(sizes)) if q != r])
 
     def block_step(self, run: Runner, i: int, x, ex, timer):
         raise NotImplementedError

@@ -97,6 +97,18 @@ class Prism(Strategy):
         return prism_masks(info, run.ctx.rank, plan.sizes, segs, self.log_bias,
                            1 if info.valid is None else info.valid.shape[0], run.ctx.device)
 
+    def remote_positions(self, run):
+        """A mean's position is its segment's centroid (first + (s - 1) / 2): the position
+        a rotary model rotates the mean's key at (exact when s = 1; docs/method.md)."""
+        segs, r = _segments(run.plan), run.ctx.rank
+        out, a = [], 0
+        for q, sizes in enumerate(segs):
+            for s in sizes:
+                if q != r:
+                    out.append(a + (s - 1) / 2)
+                a += s
+        return torch.tensor(out, dtype=torch.float32)
+
     def block_step(self, run, i, x, ex, timer):
         ctx, ad, st = run.ctx, run.adapter, run.state
         if ctx.world_size == 1:
