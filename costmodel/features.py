@@ -31,6 +31,7 @@ The comm phase's per-message latency multiplies n_messages (model.py).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,9 +77,7 @@ def shape_at(base: ModelShape, seq_len: int) -> ModelShape:
     if seq_len < 2:
         raise QueryError(f"seq_len={seq_len} must be an integer >= 2")
     scale = (seq_len - 1) / max(base.seq_len - 1, 1)
-    return ModelShape(name=base.name, seq_len=seq_len, d=base.d, heads=base.heads,
-                      d_ff=base.d_ff, n_layers=base.n_layers,
-                      embed_flops=base.embed_flops * scale, head_flops=base.head_flops)
+    return dataclasses.replace(base, seq_len=seq_len, embed_flops=base.embed_flops * scale)
 
 
 _CACHE: dict = {}

@@ -164,6 +164,77 @@ def shape_for(name: str, *, img_size: int = 224, patch_size: int = 16,
     return vit_shape(name, img_size=img_size, patch_size=patch_size, num_classes=num_classes,
                      **KNOWN_SHAPES[name])
 
+# Shapes of named models of the other families, as their runtime adapters report them
+# (tests/test_family_costs.py checks each against the built adapter).
+def _family_shapes() -> dict:
+    import dataclasses
+
+    def hf_vit_base():
+        return dataclasses.replace(vit_shape("hf-vit-base"), head_flops=2.0 * 768 * 768)   # pooler
+
+    return {
+        "deit_tiny_distilled_patch16_224": lambda: vit_shape(
+            "deit_tiny_distilled_patch16_224", d=192, heads=3, prefix_tokens=2, heads_read=2),
+        "deit_small_distilled_patch16_224": lambda: vit_shape(
+            "deit_small_distilled_patch16_224", d=384, heads=6, prefix_tokens=2, heads_read=2),
+        "deit_base_distilled_patch16_224": lambda: vit_shape(
+            "deit_base_distilled_patch16_224", prefix_tokens=2, heads_read=2),
+        "vit_base_patch16_reg4_gap_256": lambda: vit_shape(
+            "vit_base_patch16_reg4_gap_256", img_size=256, prefix_tokens=4, pool="avg"),
+        "vit_base_patch16_gap_224": lambda: vit_shape("vit_base_patch16_gap_224", heads=16, prefix_tokens=0,
+                                                      pool="avg"),
+        "hf-vit-base": hf_vit_base,
+        "hf-vit-base-cls": lambda: vit_shape("hf-vit-base-cls"),
+        "distilbert-base": lambda: bert_shape("distilbert-base", n_layers=6, pooler=False),
+        "distilbert-base-cls": lambda: bert_shape("distilbert-base-cls", n_layers=6, num_classes=2),
+        "roberta-base": lambda: bert_shape("roberta-base"),
+        "roberta-base-cls": lambda: bert_shape("roberta-base-cls", num_classes=2),
+        "smollm2-135m": lambda: llama_shape("smollm2-135m"),
+    }
+
+
+FAMILY_SHAPES = _family_shapes()
+
+
+def named_shape(name: str, seq_len: int | None = None) -> ModelShape:
+    """The shape of a named model without building it: the ViTs of KNOWN_SHAPES and the
+    FAMILY_SHAPES (DeiT distilled, registers, avg pooling, HF ViT, DistilBERT, RoBERTa,
+    SmolLM2-135M); a text model at `seq_len` tokens when given (per-token FLOPs of its
+    embedding / LM head scaled)."""
+    import dataclasses
+
+    if name in KNOWN_SHAPES:
+        s = shape_for(name)
+    elif name in FAMILY_SHAPES:
+        s = FAMILY_SHAPES[name]()
+    else:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(KNOWN_SHAPES) + sorted(FAMILY_SHAPES)}")
+    if seq_len is not None and int(seq_len) != s.seq_len:
+        if s.embed_flops and s.head_flops:
+            raise ValueError(f"{name!r} is a ViT: its token count follows from img_size, not seq_len")
+        s = dataclasses.replace(s, seq_len=int(seq_len), embed_flops=s.embed_flops / s.seq_len * int(seq_len))
+    return s
+
+
+SHAPE_EXTRAS = {"prefix_tokens": 0, "pool_vectors": 0, "kv_heads": 0, "mlp_mats": 2, "head_dim": 0}
+
+
+def shape_extras(shape: ModelShape) -> dict:
+    """The ModelShape fields beyond the six every perf map records, where they differ
+    from their defaults. An entry without them reads as the defaults: no prefix token,
+    which is how every perf map made before these fields was measured (Prism then
+    averaged a ViT's CLS row with its patches; the Jetson paper's maps too)."""
+    return {k: getattr(shape, k) for k, v in SHAPE_EXTRAS.items() if getattr(shape, k) != v}
+
+
+def shape_from_entry(m: dict) -> ModelShape:
+    """A ModelShape from a perf map / cost model `models[]` entry (extras optional)."""
+    return ModelShape(name=m["name"], seq_len=int(m["seq_len"]), d=int(m["d"]), heads=int(m["heads"]),
+                      d_ff=int(m["d_ff"]), n_layers=int(m["n_layers"]),
+                      embed_flops=float(m.get("embed_flops", 0.0)),
+                      head_flops=float(m.get("head_flops", 0.0)),
+                      **{k: int(m[k]) for k in SHAPE_EXTRAS if k in m})
+
 
 # --------------------------------------------------------------------------- partitions
 

@@ -64,7 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from .features import QueryError, physics
-from .formulas import ModelShape
+from .formulas import FAMILY_SHAPES, KNOWN_SHAPES, ModelShape, named_shape, shape_extras, shape_from_entry
 from .strategies import get_formula, list_strategies, mode_label
 from .perfmap import PerfMap, PerfMapError, atomic_write_text, load_perfmap, record_latency_ms
 from .trees import JsonGBR, export_gbr
@@ -240,7 +240,7 @@ def _model_shapes(pm: PerfMap, recs: list) -> list:
             s = pm.shape(r["model"], r["seq_len"])
             out.append({"name": s.name, "seq_len": s.seq_len, "d": s.d, "heads": s.heads,
                         "d_ff": s.d_ff, "n_layers": s.n_layers,
-                        "embed_flops": s.embed_flops, "head_flops": s.head_flops})
+                        "embed_flops": s.embed_flops, "head_flops": s.head_flops, **shape_extras(s)})
     return out
 
 
@@ -593,10 +593,13 @@ class CostModel:
             m = self.models_[0]
         elif model in names:
             m = self.models_[names.index(model)]
-        else:
-            raise QueryError(f"unknown model {model!r}; this cost model knows {names}")
-        return ModelShape(**{k: m[k] for k in ("name", "seq_len", "d", "heads", "d_ff", "n_layers")},
-                          embed_flops=float(m["embed_flops"]), head_flops=float(m["head_flops"]))
+        else:   # a named model of any family: its FLOPs and bytes on the fitted rates
+            try:
+                return named_shape(model)
+            except ValueError:
+                raise QueryError(f"unknown model {model!r}; this cost model knows {names} and the "
+                                 f"named shapes {sorted(KNOWN_SHAPES) + sorted(FAMILY_SHAPES)}") from None
+        return shape_from_entry(m)
 
     def query_shape(self, model: str | None = None, seq_len: int | None = None) -> ModelShape:
         """The ModelShape a query is answered for: the fitted model `model` (default: the

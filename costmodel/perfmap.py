@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import safeio
-from .formulas import ModelShape
+from .formulas import ModelShape, shape_extras, shape_from_entry
 
 SCHEMA_VERSION = 1
 KIND = "prism-edge.perfmap"
@@ -144,10 +144,7 @@ class PerfMap:
         """formulas.ModelShape of a (model, seq_len) the records refer to."""
         for m in self.models:
             if m["name"] == model and m["seq_len"] == seq_len:
-                return ModelShape(name=m["name"], seq_len=m["seq_len"], d=m["d"],
-                                  heads=m["heads"], d_ff=m["d_ff"], n_layers=m["n_layers"],
-                                  embed_flops=float(m.get("embed_flops", 0.0)),
-                                  head_flops=float(m.get("head_flops", 0.0)))
+                return shape_from_entry(m)
         raise PerfMapError(f"model {model!r} with seq_len={seq_len} is not in this perf map")
 
     def record_shape(self, r: dict) -> ModelShape:
@@ -249,7 +246,8 @@ def model_entry(shape: ModelShape) -> dict:
     """The `models[]` entry for a formulas.ModelShape."""
     return {"name": shape.name, "seq_len": shape.seq_len, "d": shape.d, "heads": shape.heads,
             "d_ff": shape.d_ff, "n_layers": shape.n_layers,
-            "embed_flops": float(shape.embed_flops), "head_flops": float(shape.head_flops)}
+            "embed_flops": float(shape.embed_flops), "head_flops": float(shape.head_flops),
+            **shape_extras(shape)}
 
 
 # protocol keys that change what a record measures; maps that differ in one are not merged

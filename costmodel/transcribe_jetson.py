@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -116,7 +117,8 @@ def build(src: Path = DEFAULT_SRC) -> dict:
     records.append(_row("voltage", 16, 2300.0, None, None, None, energy=18.50,
                         provenance="text section 5.3: '2.30 s and 18.50 J for Voltage'",
                         exclude=why))
-    shape = vit_shape(MODEL, num_classes=10)  # CIFAR-10 head
+    # CIFAR-10 head; the paper's Prism averaged the CLS row with the patches (no prefix row)
+    shape = dataclasses.replace(vit_shape(MODEL, num_classes=10), prefix_tokens=0)
     return {
         "schema_version": SCHEMA_VERSION, "kind": "prism-edge.perfmap", "source": "transcribed",
         "created": "transcribed from the paper text (../shared/seeds/prism-jetson-profiling-paper.txt)",
