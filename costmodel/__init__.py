@@ -34,5 +34,7 @@ def __getattr__(name):
         import importlib
 
         mod, attr = _LAZY[name]
-        return getattr(importlib.import_module(f".{mod}", __name__), attr)
+        value = getattr(importlib.import_module(f".{mod}", __name__), attr)
+        globals()[name] = value           # later look-ups skip this hook (costmodel.predict: ~2 us)
+        return value
     raise AttributeError(f"module 'costmodel' has no attribute {name!r}")

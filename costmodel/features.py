@@ -32,12 +32,13 @@ The comm phase's per-message latency multiplies n_messages (model.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .formulas import ModelShape
-from .strategies import get_formula, list_strategies, make_plan
+from .strategies import _FORMULAS, get_formula, list_strategies, make_plan
 
 TP_OPTIONS = ("heads", "cols", "collective", "tiles")
 
@@ -260,3 +261,45 @@ def physics(strategy, batch, bw, cr, seq_len, world_size, shape: ModelShape,
         f["comm_ms_nominal"] = np.where(dist, f["wire_bytes"] * 8.0 / (f["bw"] * 1e6) * 1e3, 0.0)
     f["_shape"] = shp
     return f
+
+
+def physics_one(strategy: str, batch: float, bw: float, cr: float, seq_len: float, world_size: float,
+                shape: ModelShape, exchange: str = "pairwise") -> dict | None:
+    """physics() of one configuration (tp options default, m from cr), in Python floats:
+    the same features, computed by the same operations on float64 values. Arguments are
+    floats (bw / cr NaN when not given). Returns None for anything physics() would
+    refuse (unknown strategy, a batch / seq_len / world_size / bw out of range, a plan
+    that does not resolve), so the caller can let physics() raise its own error."""
+    f = _FORMULAS.get(strategy) if isinstance(strategy, str) else None
+    if f is None:
+        return None
+    if not (math.isfinite(batch) and batch >= 1 and batch == round(batch)):
+        return None
+    if not (math.isfinite(seq_len) and seq_len >= 2 and seq_len == round(seq_len)):
+        return None
+    single = f.distributed == False  # noqa: E712  (list_strategies(distributed=False))
+    ws = 1.0 if single else world_size
+    if not (math.isfinite(ws) and ws >= 1 and ws == round(ws)):
+        return None
+    dist = not single and ws > 1
+    if dist and not (math.isfinite(bw) and bw > 0):
+        return None
+    if math.isfinite(bw) and bw <= 0:
+        return None
+    cr_eff = cr if f.compresses == True else math.nan  # noqa: E712
+    try:
+        ps = per_sample(strategy, shape_at(shape, int(seq_len)), int(ws),
+                        None if not math.isfinite(cr_eff) else float(cr_eff), exchange, None, None)
+    except QueryError:
+        return None
+    wire = ps.wire_bytes * batch
+    bw_out = bw if dist else math.nan
+    return {
+        "strategy": strategy,
+        "flops": ps.flops * batch, "flops_all": ps.flops_all * batch, "rows": ps.rows * batch,
+        "flops_per_row": ps.flops / ps.rows, "n_exchanges": float(ps.n_exchanges),
+        "n_messages": float(ps.n_messages), "wire_bytes": wire,
+        "staged_bytes": ps.staged_bytes * batch, "batch": batch, "bw": bw_out, "cr": ps.cr,
+        "m": ps.m, "seq_len": seq_len, "world_size": ws,
+        "comm_ms_nominal": wire * 8.0 / (bw_out * 1e6) * 1e3 if dist else 0.0,
+    }

@@ -63,11 +63,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import QueryError, physics
+from .features import QueryError, physics, physics_one
 from .formulas import FAMILY_SHAPES, KNOWN_SHAPES, ModelShape, named_shape, shape_extras, shape_from_entry
-from .strategies import get_formula, list_strategies, mode_label
+from .strategies import _FORMULAS, get_formula, list_strategies, mode_label
 from .perfmap import PerfMap, PerfMapError, atomic_write_text, load_perfmap, record_latency_ms
-from .trees import JsonGBR, export_gbr
+from .trees import JsonGBR, RowForest, export_gbr
 
 MODEL_SCHEMA_VERSION = 1
 MODEL_KIND = "prism-edge.costmodel"
@@ -83,6 +83,9 @@ RESIDUAL_FEATURES = ("log_gflops", "log_comm_ms_nominal", "log_staged_mb", "n_ex
                      "log_batch", "seq_len", "world_size", "log_analytical_ms")
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 AXES = ("batch", "bw", "cr", "seq_len", "world_size")
+
+
+_PLAIN = (int, float)          # predict_one's plain numbers (numpy scalars too; not bool)
 
 
 class ModelFileError(ValueError):
@@ -703,6 +706,135 @@ class CostModel:
             nan = np.full_like(total, np.nan)
             res.update(energy_j=nan, energy_lo_j=nan, energy_hi_j=nan)
         return {k: np.asarray(v, float).reshape(out_shape) for k, v in res.items()}
+
+    # ------------------------------------------------------------------ predict, one configuration
+    def predict_one(self, batch, bw=None, cr=None, *, strategy="prism", seq_len=None, world_size=2,
+                    model: str | None = None, warn: bool = True, stacklevel: int = 3) -> dict | None:
+        """predict() of one configuration (plain numbers, the default tp options) without
+        numpy broadcasting: the same keys, Python floats for 0-d arrays. The same
+        operations on the same float64 numbers: physics_one for the features, the
+        fitted parameter vectors dotted with the basis row, the residual trees by
+        trees.RowForest (the leaves _walk reaches), numpy's own log / log1p / exp.
+        Returns None where predict() must answer instead: an argument that is not a plain
+        number or None, or anything predict() refuses (which it then raises, in its words).
+        Warnings as predict()'s, pointing at the caller (`stacklevel` 3, as predict()'s)."""
+        self._check_fitted()
+        for v in (batch, bw, cr, seq_len, world_size):
+            if v is not None and type(v) not in _PLAIN and not (
+                    isinstance(v, (np.integer, np.floating)) and not isinstance(v, np.bool_)):
+                return None
+        if not isinstance(strategy, str) or not (model is None or isinstance(model, str)):
+            return None
+        c = self._fast_state()
+        shape = self._fast_shape(model, c)
+        form = _FORMULAS.get(strategy)
+        if form is None or (form.splits_weights and strategy not in self.strategies_):
+            return None                        # check_strategies' refusal
+        nan = math.nan
+        f = physics_one(strategy, nan if batch is None else float(batch), nan if bw is None else float(bw),
+                        nan if cr is None else float(cr),
+                        float(shape.seq_len if seq_len is None else seq_len),
+                        nan if world_size is None else float(world_size), shape, self.exchange_)
+        if f is None or not math.isfinite(f["comm_ms_nominal"]):
+            return None
+        if warn:
+            self._warn_one(f, stacklevel)
+        entry = c["strategies"].get(strategy)
+        if entry is None:
+            entry = c["strategies"][strategy] = self._fast_entry(c, strategy)
+        (tc, ts, tl, to), share, used, rf, lam = entry
+        n_ex, fl, cmn, st, b = f["n_exchanges"], f["flops"], f["comm_ms_nominal"], f["staged_bytes"], f["batch"]
+        ana = {"compute": tc[0] + n_ex * tc[1] + fl / 1e9 * tc[2] + f["flops_per_row"] / 1e8 * tc[3],
+               "staging": n_ex * ts[0] + st / 1e6 * ts[1],
+               "comm": f["n_messages"] * tl[0] + cmn * tl[1],
+               "other": to[0] + b * to[1]}
+        if share is not None:                  # galaxy: the overlap layer's exposed comm
+            ana["comm"] = max(ana["comm"] - share * min(cmn, max(ana["compute"], 0.0)), 0.0)
+        ph = dict(ana)
+        on = [p for p in used if lam.get(p, 0.0) != 0.0]
+        if on:
+            lg = np.log1p(np.array([fl / 1e9, cmn, st / 1e6] + [max(ana[p], 0.0) for p in PHASES])).tolist()
+            r = dict(zip(used, rf.predict([*lg[:3], n_ex, float(np.log(b)), f["seq_len"], f["world_size"],
+                                           *lg[3:]])))
+            e = np.exp(np.array([lam[p] * r[p] for p in on])).tolist()
+            for p, ep in zip(on, e):
+                if ana[p] > 0:
+                    ph[p] = ana[p] * ep
+        total = sum(ph[p] for p in PHASES)
+        out = {"latency_ms": total, "analytical_ms": sum(ana[p] for p in PHASES),
+               **{f"{p}_ms": ph[p] for p in PHASES}}
+        iv = self.interval_.get("latency")
+        lo, hi = (iv if iv is not None else (0.0, 0.0))
+        out["latency_lo_ms"] = total * math.exp(lo)
+        out["latency_hi_ms"] = total * math.exp(hi)
+        out["per_sample_ms"] = total / f["batch"]
+        if self.energy_params_ is not None:
+            X = (ph["compute"] / 1e3, ph["staging"] / 1e3, ph["comm"] / 1e3, ph["other"] / 1e3,
+                 f["world_size"] * total / 1e3, f["flops_all"] / 1e9)
+            E = sum(x * t for x, t in zip(X, self.energy_params_))
+            ie = self.interval_.get("energy") or (0.0, 0.0)
+            out.update(energy_j=E, energy_lo_j=E * math.exp(ie[0]), energy_hi_j=E * math.exp(ie[1]))
+        else:
+            out.update(energy_j=nan, energy_lo_j=nan, energy_hi_j=nan)
+        return out
+
+    def _fast_state(self) -> dict:
+        """What predict_one reads from the fitted layers, prepared once per fit / load:
+        parameter vectors as tuples, model shapes, RowForests (built on first use).
+        Rebuilt whenever fit() or from_dict() replaced a fitted attribute."""
+        src = (self.params_, self.residual_, self.residual_weight_, self.overlap_, self.models_)
+        c = getattr(self, "_fast", None)
+        if c is None or any(a is not b for a, b in zip(c["src"], src)):
+            c = {"src": src, "shapes": {}, "forest": {}, "strategies": {},
+                 "theta": {p: {g: tuple(float(x) for x in th) for g, th in self.params_[p].items()}
+                           for p in PHASES}}
+            self._fast = c
+        return c
+
+    def _fast_shape(self, model: str | None, c: dict | None = None):
+        """_shape(model), built once per fit / load (ModelShape is frozen)."""
+        c = self._fast_state() if c is None else c
+        shape = c["shapes"].get(model)
+        if shape is None:
+            shape = c["shapes"][model] = self._shape(model)
+        return shape
+
+    def _fast_entry(self, c: dict, strategy: str) -> tuple:
+        """predict_one's view of one strategy: its parameter vector per phase (its own
+        group or the pooled '*'), galaxy's overlap share (None without a layer), the
+        residual phases with a model, their RowForest and the residual weights."""
+        th = tuple(c["theta"][p].get(strategy, c["theta"][p]["*"]) for p in PHASES)
+        layer = self.overlap_.get(strategy)
+        res, lam = ((layer["residual"], layer["residual_weight"]) if layer is not None
+                    else (self.residual_, self.residual_weight_))
+        key = strategy if layer is not None else None
+        if key not in c["forest"]:                 # the base layer's forest serves every strategy
+            used = [p for p in PHASES if res.get(p) is not None]
+            c["forest"][key] = (used, RowForest([res[p] for p in used],
+                                                [(0, 1, 2, 3, 4, 5, 6, 7 + PHASES.index(p)) for p in used]))
+        used, rf = c["forest"][key]
+        return th, (None if layer is None else layer["overlap_share"]), used, rf, lam
+
+    def _warn_one(self, f: dict, stacklevel: int):
+        """_warn_range for one configuration (the same notes)."""
+        notes = []
+        for ax in AXES:
+            v = f[ax]
+            if not math.isfinite(v):
+                continue
+            rng = self.ranges_.get(ax)
+            if rng is None:
+                notes.append(f"{ax} (not varied in the fit)")
+                continue
+            lo, hi = rng
+            tol = 1e-9 * max(abs(lo), abs(hi), 1.0)
+            if v < lo - tol or v > hi + tol:
+                notes.append(f"{ax}={v:g} outside fitted [{lo:g}, {hi:g}]")
+        if f["strategy"] not in self.strategies_:
+            notes.append(f"strategy {[f['strategy']]} not in the fitted perf map (pooled parameters)")
+        if notes:
+            warnings.warn("cost model extrapolates: " + "; ".join(notes), OutOfRangeWarning,
+                          stacklevel=stacklevel)
 
     def predict_table(self, batches, bws, candidates=(("single", None), ("voltage", None), ("prism", 9.9)),
                       *, seq_len=None, world_size=2, model=None, warn: bool = True) -> dict:

@@ -133,3 +133,95 @@ def _depth(left, right) -> int:
             depth += 1
         frontier = nxt
     return depth
+
+
+# ----------------------------------------------------------------------------- one row
+
+ROW_DEPTH = 3          # trees up to this depth get a lookup table (2**(2**3 - 1) = 128 leaves codes)
+
+
+class RowForest:
+    """Several boosted models evaluated on one row at once (the scalar fast path).
+
+    models: JsonGBR models; columns[i]: for model i, the index into the shared row of each
+    of its features (so models that share features read one row). Every tree of depth <=
+    ROW_DEPTH is flattened once into its 7 split slots in heap order (feature, threshold;
+    slots under a leaf are dummies; an 8th always-false slot pads it to one byte) and a
+    128-entry table: the leaf value for each pattern of the 7 comparisons
+    x[feature] <= threshold. One row then costs a few numpy calls
+    over all trees together: gather, compare, pack the bits, look the leaves up, sum per
+    model. The leaf a row reaches is the one JsonGBR._walk reaches (the same comparisons),
+    and each model's sum is init + lr * sum(leaf values in tree order), as _walk's.
+    A model with a deeper tree is walked by JsonGBR._walk on the one row."""
+
+    def __init__(self, models, columns):
+        slots = 2 ** ROW_DEPTH - 1
+        feats, thrs, luts, self._spans, self._deep = [], [], [], [], []
+        n = 0
+        for model, cols in zip(models, columns):
+            cols = [int(c) for c in cols]
+            if model.depth > ROW_DEPTH:
+                self._spans.append(None)
+                self._deep.append((model, cols))
+                continue
+            for left, right, feat, thr, val in model.trees:
+                f = [0] * (slots + 1)             # + a dummy 8th slot (x <= -inf: bit 0), so
+                t = [0.0] * slots + [-np.inf]     # each tree's bits pack into one byte
+                for pos, node in _heap_nodes(left, right):
+                    f[pos] = cols[int(feat[node])]
+                    t[pos] = float(thr[node])
+                feats += f
+                thrs += t
+                luts += [float(val[_leaf_of(left, right, code)]) for code in range(2 ** slots)]
+            self._spans.append((n, n + len(model.trees), model.init, model.lr))
+            self._deep.append(None)
+            n += len(model.trees)
+        self._n = n
+        self._feat = np.asarray(feats, np.int64)
+        self._thr = np.asarray(thrs, float)
+        self._lut = np.asarray(luts, float)
+        self._base = np.arange(n, dtype=np.int64) * 2 ** slots
+        sizes = {sp[1] - sp[0] for sp in self._spans if sp is not None}
+        self._even = None                     # every model shallow, as many trees: one sum call
+        if self._spans and None not in self._spans and len(sizes) == 1 and 0 not in sizes:
+            self._even = (len(self._spans), sizes.pop(), np.array([sp[2] for sp in self._spans]),
+                          np.array([sp[3] for sp in self._spans]))
+
+    def predict(self, row) -> list:
+        """Each model's prediction (a float) for one row (a sequence of floats)."""
+        x = np.asarray(row, dtype=float)
+        if self._n:
+            code = np.packbits(x.take(self._feat) <= self._thr, bitorder="little")
+            leaf = self._lut.take(self._base + code)
+            if self._even is not None:
+                k, t, init, lr = self._even
+                return (init + lr * leaf.reshape(k, t).sum(axis=1)).tolist()
+        out = []
+        for span, deep in zip(self._spans, self._deep):
+            if span is not None:
+                a, b, init, lr = span
+                out.append(float(init + lr * leaf[a:b].sum()) if b > a else float(init))
+            else:
+                model, cols = deep
+                out.append(float(model._walk(x[cols][None, :])[0]))
+        return out
+
+
+def _heap_nodes(left, right):
+    """(heap position, node) of a tree's split nodes down to ROW_DEPTH."""
+    out, frontier = [], [(0, 0)]
+    while frontier:
+        pos, node = frontier.pop()
+        if left[node] >= 0 and pos < 2 ** ROW_DEPTH - 1:
+            out.append((pos, node))
+            frontier += [(2 * pos + 1, int(left[node])), (2 * pos + 2, int(right[node]))]
+    return out
+
+
+def _leaf_of(left, right, code: int) -> int:
+    """The leaf reached when bit `pos` of `code` says whether slot `pos` goes left."""
+    pos, node = 0, 0
+    while left[node] >= 0:
+        node, pos = ((int(left[node]), 2 * pos + 1) if (code >> pos) & 1
+                     else (int(right[node]), 2 * pos + 2))
+    return node
