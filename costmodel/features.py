@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .formulas import ModelShape
-from .strategies import _FORMULAS, get_formula, list_strategies, make_plan
+from .strategies import find_formula, get_formula, list_strategies, make_plan
 
 TP_OPTIONS = ("heads", "cols", "collective", "tiles")
 
@@ -270,7 +270,7 @@ def physics_one(strategy: str, batch: float, bw: float, cr: float, seq_len: floa
     floats (bw / cr NaN when not given). Returns None for anything physics() would
     refuse (unknown strategy, a batch / seq_len / world_size / bw out of range, a plan
     that does not resolve), so the caller can let physics() raise its own error."""
-    f = _FORMULAS.get(strategy) if isinstance(strategy, str) else None
+    f = find_formula(strategy) if isinstance(strategy, str) else None
     if f is None:
         return None
     if not (math.isfinite(batch) and batch >= 1 and batch == round(batch)):

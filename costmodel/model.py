@@ -65,7 +65,7 @@ import numpy as np
 
 from .features import QueryError, physics, physics_one
 from .formulas import FAMILY_SHAPES, KNOWN_SHAPES, ModelShape, named_shape, shape_extras, shape_from_entry
-from .strategies import _FORMULAS, get_formula, list_strategies, mode_label
+from .strategies import find_formula, get_formula, list_strategies, mode_label
 from .perfmap import PerfMap, PerfMapError, atomic_write_text, load_perfmap, record_latency_ms
 from .trees import JsonGBR, RowForest, export_gbr
 
@@ -727,7 +727,7 @@ class CostModel:
             return None
         c = self._fast_state()
         shape = self._fast_shape(model, c)
-        form = _FORMULAS.get(strategy)
+        form = find_formula(strategy)
         if form is None or (form.splits_weights and strategy not in self.strategies_):
             return None                        # check_strategies' refusal
         nan = math.nan

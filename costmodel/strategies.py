@@ -45,6 +45,12 @@ def get_formula(name: str) -> "Formula":
     return _FORMULAS[name]
 
 
+def find_formula(name) -> "Formula | None":
+    """The Formula registered under `name`, or None (hot paths that handle unknown names
+    themselves)."""
+    return _FORMULAS.get(name)
+
+
 def list_strategies(**flags) -> list:
     """Registered strategy names, sorted; keyword flags filter (e.g. compresses=True)."""
     return sorted(n for n, f in _FORMULAS.items()
