@@ -374,6 +374,8 @@ def add_args(p) -> None:
     p.add_argument("--testbed", default="auto", help="auto | netns | unshare | loopback")
     p.add_argument("--timeout", type=checks.arg_positive("s"), default=120.0, help="process-group timeout, s")
     p.add_argument("--blocks", action="store_true", help="keep rank 0's per-block breakdown")
+    p.add_argument("--memory", action="store_true",
+                   help="one extra un-timed forward per configuration: measured / predicted per-device peaks")
     p.add_argument("--meter", default="auto", help="energy meter: auto | jtop | ina3221 | rapl | none")
     p.add_argument("--power-model", default="cpu-host-assumed", help="power model of energy_est_j")
     p.add_argument("--out", required=True, help="perf map JSON to write")
@@ -401,7 +403,7 @@ def spec_from_args(a) -> SweepSpec:
         patch_size=a.patch_size, exchange=a.exchange, warmup=a.warmup, repeats=a.repeats,
         max_repeats=a.max_repeats, target_rel_se=a.target_se, repeat_budget_s=a.repeat_budget,
         seed=a.seed, device=a.device, delay_ms=a.delay, testbed=a.testbed, timeout_s=a.timeout,
-        blocks=a.blocks, meter=a.meter, power_model=a.power_model, passes=a.passes,
+        blocks=a.blocks, memory=a.memory, meter=a.meter, power_model=a.power_model, passes=a.passes,
         order=a.order)
 
 

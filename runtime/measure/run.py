@@ -24,6 +24,7 @@ from ..models import ModelSpec, build_adapter, family_of, shape_spec
 from ..parallel import DistContext, create_strategy, list_strategies
 from ..parallel import exchange as xch
 from ..errors import UsageError
+from .memory import rank_memory, rss_baseline
 from .timing import median_timing, slowest_rank, timed_repeats
 
 log = logging.getLogger("runtime")
@@ -58,6 +59,7 @@ class RunConfig:
     features: bool = False
     seq_len: Optional[int] = None        # text models (BERT, GPT-2): tokens N
     lengths: Optional[tuple] = None      # BERT: valid tokens per sample, cycled (padding)
+    memory: bool = True                  # one extra un-timed forward: measured peaks (measure/memory.py)
 
     def spec(self) -> ModelSpec:
         return ModelSpec(self.model, img_size=self.img_size, patch_size=self.patch_size,
@@ -142,6 +144,7 @@ def run_rank(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> Optional[dic
     device = torch.device(cfg.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    rss0 = rss_baseline()                    # before the model: the RSS cross-check's baseline
     adapter = build_adapter(cfg.spec(), device)
     inputs = adapter.make_inputs(cfg.batch, cfg.seed, device)
     ctx = DistContext(rank, world_size, device, cfg.exchange, cfg.partition,
@@ -164,6 +167,8 @@ def run_rank(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> Optional[dic
                           prof.export_chrome_trace, by_path=True)
 
     mine = {"rank": rank, "latency_ms": lat, "timing": median_timing(timings)}
+    if cfg.memory:       # one extra forward after the timed ones: timings untouched
+        mine.update(rank_memory(runner, inputs, adapter, res.plan, rank, device, baseline=rss0))
     every = xch.gather_json(mine, rank, world_size)
     if rank != 0:
         return None
@@ -180,8 +185,13 @@ def run_rank(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> Optional[dic
         "per_sample_ms": statistics.median(e2e) / cfg.batch,
         "analytical": plan.to_dict(),
         "ranks": [{"rank": r["rank"], **r["timing"]["totals"], "blocks": r["timing"]["blocks"],
-                   "outside_blocks": r["timing"]["outside_blocks"]} for r in every],
+                   "outside_blocks": r["timing"]["outside_blocks"],
+                   **{k: r[k] for k in ("memory_peak_bytes", "memory_peak_predicted_bytes", "memory")
+                      if k in r}} for r in every],
     }
+    if cfg.memory:       # measured / predicted activations + buffers per device (measure/memory.py)
+        out["memory_peak_bytes"] = [r["memory_peak_bytes"] for r in every]
+        out["memory_peak_predicted_bytes"] = [r["memory_peak_predicted_bytes"] for r in every]
     out["output_shape"] = list(res.logits.shape)
     if cfg.save_output:
         _save_npy(cfg.save_output, res.logits.float().cpu().numpy())

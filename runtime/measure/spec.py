@@ -50,6 +50,7 @@ class SweepSpec:
     testbed: str = "auto"
     timeout_s: float = 120.0
     blocks: bool = False
+    memory: bool = False                  # one extra un-timed forward per configuration: measured peaks
     meter: str = "auto"
     power_model: str = "cpu-host-assumed"
     passes: int = 1                       # the whole grid, measured this many times in turn

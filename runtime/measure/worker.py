@@ -130,7 +130,7 @@ def group_plan(spec, model: str, world_size: int, configs: list, *,
             "repeats": spec.repeats, "max_repeats": spec.max_repeats,
             "target_rel_se": spec.target_rel_se, "repeat_budget_s": spec.repeat_budget_s,
             "timeout_s": spec.timeout_s, "device": spec.device, "threads": spec.threads,
-            "blocks": spec.blocks, "meter": spec.meter, "power_model": spec.power_model,
+            "blocks": spec.blocks, "memory": getattr(spec, "memory", False), "meter": spec.meter, "power_model": spec.power_model,
             "energy_scope": energy_scope,
             "configs": [{"key": c.key, "img_size": c.img_size, "strategy": c.strategy,
                          "batch": c.batch, "cr": c.cr} for c in configs]}
@@ -152,6 +152,9 @@ def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
         # one GPU per local rank, as `run` does (without CUDA the model build says so)
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     meter, estimate = _energy_tools(plan, rank)
+    from .memory import rank_memory, rss_baseline
+
+    rss0 = rss_baseline()
     adapters, inputs = {}, {}
     warmup, repeats = plan["warmup"], plan["repeats"]
     for c in plan["configs"]:
@@ -190,6 +193,8 @@ def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
         mine = {"rank": rank, "latency_ms": lat, "timing": median_timing(timings),
                 "joules": joules if joules is not None and joules > 0 else None,
                 "cpu": _cpu_delta(cpu["snap"])}
+        if plan.get("memory"):     # after the timed passes and the meter: timings untouched
+            mine.update(rank_memory(runner, x, adapter, res.plan, rank, device, baseline=rss0))
         every = xch.gather_json(mine, rank, world_size)
         if rank != 0:
             continue
@@ -227,6 +232,11 @@ def run_group(plan: dict, rank: int, world_size: int, emit) -> None:
         foreign = _foreign_cpu(every, plan)
         if foreign is not None:
             row["host_foreign_cpu_pct"] = foreign
+        if plan.get("memory"):     # measured / predicted activations + buffers (measure/memory.py)
+            row["memory_peak_bytes"] = every[0]["memory_peak_bytes"]
+            row["memory_peak_predicted_bytes"] = every[0]["memory_peak_predicted_bytes"]
+            row["memory_peak_bytes_ranks"] = [r["memory_peak_bytes"] for r in every]
+            row["memory_peak_predicted_bytes_ranks"] = [r["memory_peak_predicted_bytes"] for r in every]
         if plan.get("blocks"):
             row["blocks"] = [{k: (int(v) if k.endswith("_bytes") else v) for k, v in blk.items()}
                              for blk in every[0]["timing"]["blocks"]]
