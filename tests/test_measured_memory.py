@@ -42,3 +42,20 @@ def test_run_json_carries_measured_and_predicted_peaks():
     assert r0["memory"]["weights_used_bytes"] == r0["memory"]["weights_predicted_bytes"]
     # same order of magnitude as the model's activations + buffers
     assert 0.5 < r0["memory_peak_bytes"] / r0["memory_peak_predicted_bytes"] < 2.0
+
+
+def test_static_mode_over_budget_is_refused_in_one_line():
+    from runtime.models import ModelSpec, build_adapter
+    from runtime.serve.adaptive import AdaptiveRunner
+    from runtime.launch import free_port
+    from runtime.serve.policy import FixedPolicy
+
+    ad = build_adapter(ModelSpec("vit_small_patch16_224", depth=2), "cpu")
+    r = AdaptiveRunner(ad, FixedPolicy("voltage"), world_size=2, max_memory_mb=1.0, max_batch=8,
+                       port=free_port("127.0.0.1"))
+    with pytest.raises(ValueError, match=r"static mode voltage does not fit: predicted peak .* MB on device \d at batch 8 > max_memory_mb=1$"):
+        r.check_fits()
+    with pytest.raises(ValueError, match="does not fit"):
+        r.start(block=False)                          # refused before any peer is waited for
+    AdaptiveRunner(ad, FixedPolicy("voltage"), world_size=2, max_memory_mb=10_000.0,
+                   port=free_port("127.0.0.1")).check_fits()

@@ -242,8 +242,10 @@ class AdaptiveRunner:
     def __init__(self, adapter, policy: Callable, *, world_size: int, host: str = "127.0.0.1",
                  port: int = 29400, timeout_s: float = 10.0, join_timeout_s: float = 120.0,
                  probe_every: int = 8, probe_bytes: int = 256 * 1024, hysteresis: float = 0.1,
-                 initial_bw: Optional[float] = None, exchange: str = "pairwise"):
+                 initial_bw: Optional[float] = None, exchange: str = "pairwise",
+                 max_memory_mb=None, max_batch: int = 1):
         self.adapter, self.policy = adapter, policy
+        self.max_memory_mb, self.max_batch = max_memory_mb, max_batch
         self.world_size, self.exchange = world_size, exchange
         self.probe_every, self.probe_bytes, self.hysteresis = probe_every, probe_bytes, hysteresis
         self.bw = BandwidthMonitor(estimate=initial_bw)
@@ -254,7 +256,31 @@ class AdaptiveRunner:
         self._n = 0
         self._single = create_strategy("single").apply(adapter, DistContext(), 1)
 
+    def check_fits(self) -> None:
+        """A static mode (a policy with a fixed `strategy`) whose predicted peak
+        (costmodel.memory, at `max_batch`) exceeds `max_memory_mb` on some device: raise
+        ValueError in one line saying which device and by how much. Adaptive policies
+        filter their own candidates (DecisionTable(max_memory_mb=))."""
+        strategy = getattr(self.policy, "strategy", None)
+        if self.max_memory_mb is None or strategy is None or hasattr(self.policy, "table"):
+            return
+        from costmodel.memory import peak_for
+
+        ws = self.world_size if get_formula(strategy).distributed else 1
+        budget = self.max_memory_mb
+        budget = list(budget) if isinstance(budget, (list, tuple)) else [budget] * self.world_size
+        cr = getattr(self.policy, "cr", None)
+        peaks = [v / 1e6 for v in peak_for(strategy, self.adapter.shape, world_size=ws,
+                                           batch=int(self.max_batch), cr=cr)]
+        over = [(r, p, budget[r]) for r, p in enumerate(peaks) if p > budget[r]]
+        if over:
+            r, p, b = max(over, key=lambda t: t[1] - t[2])
+            mode = strategy if cr is None else f"{strategy}(cr={cr:g})"
+            raise ValueError(f"static mode {mode} does not fit: predicted peak {p:.1f} MB on device {r} "
+                             f"at batch {self.max_batch} > max_memory_mb={b:g}")
+
     def start(self, block: bool = True) -> "AdaptiveRunner":
+        self.check_fits()                 # before any peer is waited for
         self.group.form(block=block)
         return self
 

@@ -34,6 +34,9 @@ def add_args(p) -> None:
     p.add_argument("--timeout", type=checks.arg_positive("s"), default=10.0,
                    help="timeout of every exchange with a peer, s: a dead or hung peer makes that "
                         "request re-run locally after at most this long")
+    p.add_argument("--max-memory-mb", help="memory budget per device in MB (one number, or one per "
+                   "device comma separated): adaptive drops candidates whose predicted peak exceeds it; "
+                   "a static mode that does not fit is refused")
     p.add_argument("--probe-every", type=checks.arg_count(0), default=4,
                    help="active bandwidth probe every N requests (0: never)")
 
@@ -64,6 +67,19 @@ def _check_rank0(a):
     return cm, pm
 
 
+def _memory_budget(v, ws: int):
+    """--max-memory-mb: None, one number, or one per device."""
+    if v is None:
+        return None
+    try:
+        vals = [float(x) for x in str(v).split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--max-memory-mb {v!r} must be a number or one per device, comma separated")
+    if len(vals) not in (1, ws) or min(vals) <= 0:
+        raise UsageError(f"--max-memory-mb {v!r}: one positive number or {ws} (one per device)")
+    return vals[0] if len(vals) == 1 else vals
+
+
 def main(a, argv) -> int:
     import torch
 
@@ -90,6 +106,7 @@ def main(a, argv) -> int:
     if rank != 0:
         serve_worker(ad, rank, ws, host, port, timeout_s=a.timeout)
         return 0
+    budget = _memory_budget(getattr(a, "max_memory_mb", None), ws)
     if a.policy == "adaptive":
         from costmodel.decision import DecisionTable
         from costmodel.strategies import decision_candidates, list_strategies
@@ -101,7 +118,7 @@ def main(a, argv) -> int:
         try:
             table = DecisionTable(cm, pm, candidates=cands, objective=a.objective,
                                   seq_len=ad.seq_len, world_size=ws, model_name=a.model,
-                                  batches=range(1, max(stream) + 1))
+                                  batches=range(1, max(stream) + 1), max_memory_mb=budget)
         except ValueError as e:
             raise UsageError(f"decision table: {e}") from None
         import math
@@ -118,8 +135,12 @@ def main(a, argv) -> int:
         except ValueError as e:
             raise UsageError(str(e))
     runner = AdaptiveRunner(ad, policy, world_size=ws, host=host, port=port, timeout_s=a.timeout,
-                            probe_every=a.probe_every, initial_bw=a.initial_bw)
-    runner.start(block=True)
+                            probe_every=a.probe_every, initial_bw=a.initial_bw,
+                            max_memory_mb=budget, max_batch=max(stream))
+    try:
+        runner.start(block=True)
+    except ValueError as e:               # a static mode over the memory budget: one line
+        raise UsageError(str(e)) from None
     try:
         for i, b in enumerate(stream):
             if i == a.switch_at and a.sync_dir:
