@@ -36,7 +36,8 @@ L_kv key/value rows, A attention columns, c MLP columns of this device:
   the head stage comes after the blocks (their activations freed): the head's output
   (ViT / BERT: per sample; GPT-2: V per own row) + the last block output and its norm;
   the peak is the larger stage.
-Pipeline stages hold one micro-batch's activations (the largest, ceil(B / M) samples).
+Pipeline stages hold one micro-batch's activations (the largest, ceil(B / M) samples);
+device 0's head stage holds the head output twice (per micro-batch, then concatenated).
 
 Buffers: what arrives per exchange (Plan.recv_bytes / n_exchanges) twice for a row
 split (the receive buffer and the normed peer rows), once for a weight split; the
@@ -158,7 +159,10 @@ def activation_bytes(plan: Plan, rank: int, *, attention: str = "fused") -> int:
         total += s.seq_len * d * plan.batch           # the (B, N, d) embedding
     if r["head"]:                                     # after the blocks: their activations are gone
         rows = r["head_rows"]
-        head = (_head_out(s, rows) + 2 * rows * d) * plan.batch     # output, last block output, its norm
+        out_elems = _head_out(s, rows)
+        if plan.layers_split and plan.world_size > 1:
+            out_elems *= 2        # pipeline: per-micro-batch head outputs, then their torch.cat
+        head = (out_elems + 2 * rows * d) * plan.batch     # output, last block output, its norm
         total = max(total, head)
     return int(total * plan.elem_bytes)
 
@@ -167,8 +171,8 @@ def buffer_bytes(plan: Plan, rank: int, *, staging: bool = False) -> int:
     """Exchange buffers (and host staging copies when `staging`) alive at once."""
     if plan.world_size == 1 or plan.n_exchanges == 0:
         return 0
-    if plan.layers_split:
-        out = 2 * plan.comm_bytes(rank)
+    if plan.layers_split:        # a stage without layers forwards what it received: one copy
+        out = (2 if plan.layers_split[rank] else 1) * plan.comm_bytes(rank)
     else:
         per = plan.recv_bytes(rank) / plan.n_exchanges
         out = per * (1 if plan.heads_split else 2)
