@@ -59,3 +59,24 @@ def test_static_mode_over_budget_is_refused_in_one_line():
         r.start(block=False)                          # refused before any peer is waited for
     AdaptiveRunner(ad, FixedPolicy("voltage"), world_size=2, max_memory_mb=10_000.0,
                    port=free_port("127.0.0.1")).check_fits()
+
+
+@pytest.mark.parametrize("memory", [False, True])
+def test_sweep_rows_carry_peaks_only_when_asked(memory):
+    from runtime.measure.spec import SweepSpec
+    from runtime.measure.worker import group_plan, run_group
+
+    spec = SweepSpec(models=("test_vit",), depth=2, strategies=("single",), repeats=1, memory=memory)
+
+    class C:
+        key, img_size, strategy, batch, cr = "k", 32, "single", 2, None
+    plan = group_plan(spec, "test_vit", 1, [C()])
+    rows = []
+    run_group(plan, 0, 1, rows.append)
+    (row,) = rows
+    assert row["error"] is None
+    if memory:
+        assert row["memory_peak_bytes"] > 0 and row["memory_peak_predicted_bytes"] > 0
+        assert row["memory_peak_bytes_ranks"] == [row["memory_peak_bytes"]]
+    else:
+        assert "memory_peak_bytes" not in row
