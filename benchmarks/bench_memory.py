@@ -21,8 +21,6 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 MODELS = [("vit_small_patch16_224", 2, None), ("vit_small_patch16_224", 3, None),
           ("vit_small_patch16_224", 4, None), ("bert-base", 2, 128), ("gpt2", 2, 64)]
 BATCHES = (1, 8, 32)

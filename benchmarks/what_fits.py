@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from costmodel.formulas import bert_shape, gpt2_shape, vit_shape  # noqa: E402
-from costmodel.memory import memory_breakdown, peak_for  # noqa: E402
-from costmodel.strategies import make_plan  # noqa: E402
+from costmodel.formulas import bert_shape, gpt2_shape, vit_shape
+from costmodel.memory import memory_breakdown, peak_for
+from costmodel.strategies import make_plan
 
 STRATEGIES = ("single", "voltage", "prism", "tensor_parallel", "galaxy", "pipeline")
 CR = 9.9
