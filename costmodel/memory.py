@@ -31,7 +31,8 @@ L_kv key/value rows, A attention columns, c MLP columns of this device:
                attention="math"; fused kernels (torch's SDPA on CPU and CUDA, measured)
                keep none;
   MLP:       x, the residual sum (2 L_q d) + fc1 and its activation (2 L_q c);
-  weight splits add the partial sum and its reduction (2 L_q d) to each;
+  weight splits add the partial sum and its reduction (2 L_q d) to each (tensor_parallel's
+  native all-reduce works in place: L_q d, and no exchange buffer);
   a block's peak is the larger, plus, on an embedding device, the (B, N, d) embedding;
   the head stage comes after the blocks (their activations freed): the head's output
   (ViT / BERT: per sample; GPT-2: V per own row) + the last block output and its norm;
@@ -151,8 +152,9 @@ def activation_bytes(plan: Plan, rank: int, *, attention: str = "fused") -> int:
         if attention == "math":
             attn += 2 * r["heads"] * lq * lkv
         mlp = 2 * lq * d + 2 * lq * c
-        if r["split"]:
-            attn, mlp = attn + 2 * lq * d, mlp + 2 * lq * d
+        if r["split"]:        # the partial sum and its reduction (in place: the partial only)
+            red = (1 if _in_place_reduce(plan) else 2) * lq * d
+            attn, mlp = attn + red, mlp + red
         block = max(attn, mlp)
     total = block * r["batch"]
     if r["embed"]:
@@ -167,10 +169,20 @@ def activation_bytes(plan: Plan, rank: int, *, attention: str = "fused") -> int:
     return int(total * plan.elem_bytes)
 
 
+def _in_place_reduce(plan: Plan) -> bool:
+    """tensor_parallel's native collective: dist.all_reduce on the partial sum itself
+    (runtime/parallel/tp_layout.py), so neither a reduced copy nor a receive buffer is
+    allocated by torch (GLOO's ring chunks are its own, outside torch's allocator)."""
+    return getattr(plan.formula, "name", None) == "tensor_parallel" and \
+        getattr(plan, "collective", None) == "native"
+
+
 def buffer_bytes(plan: Plan, rank: int, *, staging: bool = False) -> int:
     """Exchange buffers (and host staging copies when `staging`) alive at once."""
     if plan.world_size == 1 or plan.n_exchanges == 0:
         return 0
+    if _in_place_reduce(plan):   # GLOO all-reduces the partial sum in place: no torch buffer
+        return int(plan.staged_bytes(rank) / plan.n_exchanges) if staging else 0
     if plan.layers_split:        # a stage without layers forwards what it received: one copy
         out = (2 if plan.layers_split[rank] else 1) * plan.comm_bytes(rank)
     else:
