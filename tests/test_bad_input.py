@@ -165,6 +165,11 @@ CLI_CASES = [
     ("runtime", ["profile", *TINY, "--strategy", "single", "--timeout", "0", "--out", "{tmp}/p.json"], "--timeout=0"),
     ("runtime", ["profile", *TINY, "--strategy", "single", "--repeats", "0", "--out", "{tmp}/p.json"], "--repeats=0"),
     ("runtime", ["profile", *TINY, "--strategy", "voltage", "--bw", "nan", "--out", "{tmp}/p.json"], "--bw=nan"),
+    # ---------------------------------------------------------------- runtime testbed
+    ("runtime", ["testbed", "check", "--seconds", "nan"], "--seconds=nan must be a finite number > 0"),
+    ("runtime", ["testbed", "check", "--bw", "inf"], "--bw=inf must be a finite number > 0"),
+    ("runtime", ["testbed", "check", "--world-size", "1"], "--world-size=1 must be an integer >= 2"),
+    ("runtime", ["testbed", "check", "--delay", "-1"], "--delay=-1 must be a finite number >= 0"),
     # ---------------------------------------------------------------- runtime host-check
     ("runtime", ["host-check", "--out", "{dev}"], "character device"),
     ("runtime", ["host-check", "--out", "{dir}"], "is a directory"),

@@ -614,13 +614,17 @@ def add_args(p) -> None:
     p.add_argument("action", choices=("check", "cleanup"),
                    help="check: build the testbed, measure the rate, tear down; "
                         "cleanup: remove namespaces left by killed processes")
-    p.add_argument("--world-size", type=int, default=2)
-    p.add_argument("--bw", type=float, default=300.0, help="link rate, Mbit/s (TCP payload)")
-    p.add_argument("--delay", type=float, default=0.0, help="one-way delay, ms (netem)")
+    from costmodel import checks
+
+    p.add_argument("--world-size", type=checks.arg_count(minimum=2), default=2)
+    p.add_argument("--bw", type=checks.arg_positive("Mbit/s"), default=300.0,
+                   help="link rate, Mbit/s (TCP payload)")
+    p.add_argument("--delay", type=checks.arg_nonnegative("ms"), default=0.0, help="one-way delay, ms (netem)")
     p.add_argument("--mode", default="auto", help=f"one of {list(MODES)}")
     p.add_argument("--prefix", default=DEFAULT_PREFIX)
     p.add_argument("--mtu", type=int, default=1500)
-    p.add_argument("--seconds", type=float, default=1.0, help="duration of the bulk transfer, s")
+    p.add_argument("--seconds", type=checks.arg_positive("s"), default=1.0,
+                   help="duration of the bulk transfer, s")
     p.add_argument("--all", action="store_true", help="cleanup: also namespaces of live processes")
 
 
