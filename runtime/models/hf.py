@@ -207,13 +207,41 @@ class HFBertAdapter:
         return self.head(hs), hs
 
 
-class HFGPT2Adapter:
+class CausalLMAdapter:
+    """What the decoder adapters (GPT-2 here, Llama in llama.py) share: unpadded random
+    token inputs, the LM head (or the hidden states) on the rows given, the plain
+    transformers forward as reference. Subclasses set `base`, `model`, `is_lm`, `config`,
+    `shape` and the block methods."""
+
+    causal = True
+    head_per_position = True
+
+    @property
+    def seq_len(self) -> int:
+        return self.shape.seq_len
+
+    def make_inputs(self, batch: int, seed: int, device="cpu", lengths=None) -> TextInputs:
+        if lengths:
+            raise ValueError(f"padding (lengths): padding applies to BERT-style encoders; {self.family} "
+                             "runs unpadded sequences")
+        return random_tokens(batch, self.seq_len, self.config.vocab_size, seed).to(device)
+
+    def head(self, x_norm: torch.Tensor) -> torch.Tensor:
+        """LM logits (B, L_own, V) for the rows given, or the rows themselves."""
+        return self.model.lm_head(x_norm) if self.is_lm else x_norm
+
+    @torch.inference_mode()
+    def reference(self, inputs: TextInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plain transformers forward: (logits for all positions, final hidden states)."""
+        hs = self.base(input_ids=inputs.input_ids).last_hidden_state
+        return self.head(hs), hs
+
+
+class HFGPT2Adapter(CausalLMAdapter):
     """GPT2LMHeadModel (logits) or GPT2Model (final normed hidden states) under the
     partition-aware causal mask; every device runs the head on its own positions."""
 
     family = "gpt2"
-    causal = True
-    head_per_position = True
 
     def __init__(self, model: nn.Module, name: str = "gpt2", seq_len: Optional[int] = None,
                  lengths: Optional[tuple] = None):
@@ -239,15 +267,6 @@ class HFGPT2Adapter:
             name, seq_len=n, d=cfg.n_embd, heads=cfg.n_head,
             d_ff=cfg.n_inner or 4 * cfg.n_embd, n_layers=cfg.n_layer,
             vocab_size=cfg.vocab_size, lm_head=self.is_lm)
-
-    @property
-    def seq_len(self) -> int:
-        return self.shape.seq_len
-
-    def make_inputs(self, batch: int, seed: int, device="cpu", lengths=None) -> TextInputs:
-        if lengths:
-            raise ValueError("padding (lengths) applies to BERT models only")
-        return random_tokens(batch, self.seq_len, self.config.vocab_size, seed).to(device)
 
     def embed(self, inputs: TextInputs) -> torch.Tensor:
         """Token + global position embeddings (all N tokens)."""
@@ -275,16 +294,6 @@ class HFGPT2Adapter:
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.base.ln_f(x)
-
-    def head(self, x_norm: torch.Tensor) -> torch.Tensor:
-        """LM logits (B, L_own, V) for the rows given, or the rows themselves."""
-        return self.model.lm_head(x_norm) if self.is_lm else x_norm
-
-    @torch.inference_mode()
-    def reference(self, inputs: TextInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """The plain transformers forward: (logits for all positions, final hidden states)."""
-        hs = self.base(input_ids=inputs.input_ids).last_hidden_state
-        return self.head(hs), hs
 
 
 # --------------------------------------------------------------------------- creation

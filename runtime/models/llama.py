@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from costmodel.formulas import ModelShape, llama_shape
-from .hf import TextInputs, check_seq_len, checkpoint_config, random_tokens
+from .hf import CausalLMAdapter, TextInputs, check_seq_len, checkpoint_config
 from .registry import ModelSpec, register_family
 
 SMOLLM2 = "smollm2-135m"
@@ -44,13 +44,11 @@ def _rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return t * cos.unsqueeze(1) + _rotate_half(t) * sin.unsqueeze(1)
 
 
-class HFLlamaAdapter:
+class HFLlamaAdapter(CausalLMAdapter):
     """LlamaForCausalLM (logits for each device's own positions) or LlamaModel (final
     normed hidden states) under the partition-aware causal mask."""
 
     family = "llama"
-    causal = True
-    head_per_position = True
 
     def __init__(self, model: nn.Module, name: str = "llama", seq_len: Optional[int] = None,
                  lengths: Optional[tuple] = None):
@@ -78,15 +76,6 @@ class HFLlamaAdapter:
             head_dim=self.head_dim, d_ff=cfg.intermediate_size, n_layers=cfg.num_hidden_layers,
             vocab_size=cfg.vocab_size, lm_head=self.is_lm)
         self._own = self._remote = None
-
-    @property
-    def seq_len(self) -> int:
-        return self.shape.seq_len
-
-    def make_inputs(self, batch: int, seed: int, device="cpu", lengths=None) -> TextInputs:
-        if lengths:
-            raise ValueError("padding (lengths) applies to BERT-style encoders only")
-        return random_tokens(batch, self.seq_len, self.config.vocab_size, seed).to(device)
 
     def bind_positions(self, own: Optional[torch.Tensor], remote: Optional[torch.Tensor]) -> None:
         """Global positions of this device's rows and of the remote K/V columns (None:
@@ -132,14 +121,6 @@ class HFLlamaAdapter:
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.base.norm(x)
-
-    def head(self, x_norm: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(x_norm) if self.is_lm else x_norm
-
-    @torch.inference_mode()
-    def reference(self, inputs: TextInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        hs = self.base(input_ids=inputs.input_ids).last_hidden_state
-        return self.head(hs), hs
 
 
 # --------------------------------------------------------------------------- creation
