@@ -117,13 +117,7 @@ class HFBertAdapter:
 
     def __init__(self, model: nn.Module, name: str = "bert", seq_len: Optional[int] = None,
                  lengths: Optional[tuple] = None):
-        base_cls, cls_cls, attr = self.classes()
-        self.model = model.eval()
-        self.is_cls = isinstance(model, cls_cls)
-        base = getattr(model, attr) if self.is_cls else model
-        if not isinstance(base, base_cls):
-            raise TypeError(f"expected a transformers {base_cls.__name__} or {cls_cls.__name__}, "
-                            f"got {type(model).__name__}")
+        base = self._unwrap(model)
         cfg = base.config
         if cfg.is_decoder or getattr(cfg, "add_cross_attention", False):
             raise ValueError(f"model {name!r} is a BERT decoder; only the encoder is supported")
@@ -134,14 +128,30 @@ class HFBertAdapter:
         self.blocks = list(base.encoder.layer)
         n = 128 if seq_len is None else seq_len
         _check_seq_len(name, n, self.max_positions(cfg))
-        self.lengths = tuple(lengths) if lengths else None
-        if self.lengths and not all(1 <= int(v) <= n for v in self.lengths):
-            raise ValueError(f"lengths={list(self.lengths)}; each length must be in [1, {n}] "
-                             f"(seq_len={n})")
+        self._set_lengths(lengths, n)
         self.shape: ModelShape = bert_shape(
             name, seq_len=n, d=cfg.hidden_size, heads=cfg.num_attention_heads,
             d_ff=cfg.intermediate_size, n_layers=cfg.num_hidden_layers,
             num_classes=cfg.num_labels if self.is_cls else 0, pooler=base.pooler is not None)
+
+    def _unwrap(self, model: nn.Module) -> nn.Module:
+        """Keep `model` (eval), note whether a classification head wraps it, and return the
+        base model inside, checked against classes()."""
+        base_cls, cls_cls, attr = self.classes()
+        self.model = model.eval()
+        self.is_cls = isinstance(model, cls_cls)
+        base = getattr(model, attr) if self.is_cls else model
+        if not isinstance(base, base_cls):
+            raise TypeError(f"expected a transformers {base_cls.__name__} or {cls_cls.__name__}, "
+                            f"got {type(model).__name__}")
+        return base
+
+    def _set_lengths(self, lengths, n: int) -> None:
+        """Valid tokens per sample (padding), each in [1, n]."""
+        self.lengths = tuple(lengths) if lengths else None
+        if self.lengths and not all(1 <= int(v) <= n for v in self.lengths):
+            raise ValueError(f"lengths={list(self.lengths)}; each length must be in [1, {n}] "
+                             f"(seq_len={n})")
 
     @staticmethod
     def classes():

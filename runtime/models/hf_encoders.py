@@ -146,24 +146,13 @@ class HFDistilBertAdapter(HFBertAdapter):
 
     def __init__(self, model: nn.Module, name: str = "distilbert", seq_len: Optional[int] = None,
                  lengths: Optional[tuple] = None):
-        base_cls, cls_cls, attr = self.classes()
-        self.model = model.eval()
-        self.is_cls = isinstance(model, cls_cls)
-        base = getattr(model, attr) if self.is_cls else model
-        if not isinstance(base, base_cls):
-            raise TypeError(f"expected a transformers DistilBertModel or "
-                            f"DistilBertForSequenceClassification, got {type(model).__name__}")
+        base = self._unwrap(model)      # sinusoidal or learned: absolute positions either way
         cfg = base.config
-        if getattr(cfg, "sinusoidal_pos_embds", False) is not False and cfg.sinusoidal_pos_embds:
-            pass    # sinusoidal tables are still absolute position embeddings: fine
         self.base, self.config, self.name = base, cfg, name
         self.blocks = list(base.transformer.layer)
         n = 128 if seq_len is None else seq_len
         check_seq_len(name, n, cfg.max_position_embeddings)
-        self.lengths = tuple(lengths) if lengths else None
-        if self.lengths and not all(1 <= int(v) <= n for v in self.lengths):
-            raise ValueError(f"lengths={list(self.lengths)}; each length must be in [1, {n}] "
-                             f"(seq_len={n})")
+        self._set_lengths(lengths, n)
         self.shape = bert_shape(name, seq_len=n, d=cfg.dim, heads=cfg.n_heads, d_ff=cfg.hidden_dim,
                                 n_layers=cfg.n_layers, num_classes=cfg.num_labels if self.is_cls else 0,
                                 pooler=self.is_cls)   # pre_classifier: d x d
