@@ -22,8 +22,7 @@ import torch
 from costmodel.formulas import Plan, offsets
 from costmodel.strategies import get_formula, make_plan
 from ..models.masks import full_token_masks, token_info
-from .exchange import Exchanger, Timer, gather_rows_to_all
-from .pool import gather_partials
+from .exchange import Exchanger, Timer
 
 _REGISTRY: dict = {}
 
@@ -125,9 +124,16 @@ class Runner:
         """Forward one batch. `rows`: this rank's block-0 input rows, already embedded
         (the adaptive runner's terminal device embeds and sends them; models without
         padding or causal masks only); otherwise every rank embeds `inputs` itself."""
+        return self.forward(inputs, rows=rows, features=features)
+
+    def forward(self, inputs=None, *, rows: Optional[torch.Tensor] = None,
+                features: bool = False, exchanger=None) -> Result:
+        """`__call__` without inference mode, over any exchanger with Exchanger's methods
+        (the in-process one of runtime.train.emulate builds a differentiable graph)."""
         ctx, ad = self.ctx, self.adapter
         timer = Timer(ctx.device, label=ctx.profile_labels)
-        ex = Exchanger(ctx.rank, ctx.world_size, ctx.device, ctx.exchange, timer)
+        ex = (Exchanger(ctx.rank, ctx.world_size, ctx.device, ctx.exchange, timer)
+              if exchanger is None else exchanger(timer))
         with timer.phase("compute"):
             if rows is not None:
                 x, self.masks = rows, None
@@ -156,14 +162,14 @@ class Runner:
             elif ctx.rank == 0 or (getattr(ad, "head_per_position", False) and not self.strategy.all_rows):
                 logits = ad.head(xn)
         if pooled:      # the head pools over every row: partial pools to rank 0 (parallel/pool.py)
-            parts = gather_partials(part, ctx.rank, ctx.world_size, ctx.device, timer)
+            parts = ex.gather_to_root(part)
             if parts is not None:
                 with timer.phase("compute"):
                     logits = ad.head_from_partials(parts)
         feats = None
         if features:
             local = self.strategy.all_rows or ctx.world_size == 1
-            feats = xn if local else gather_rows_to_all(xn, self.plan.sizes, ctx.rank)
+            feats = xn if local else ex.gather_rows(xn, self.plan.sizes)
         return Result(logits, feats, timer.summary(), self.plan)
 
 
@@ -174,6 +180,10 @@ class Strategy:
 
     name = "?"
     all_rows = False            # True: every device holds all N rows (tensor parallel)
+    # True: every message goes through the Exchanger handed to block_step (exchange,
+    # all_reduce, gather_to_root, gather_rows), so runtime.train.emulate can run the
+    # strategy's own code in one process, differentiably (training, calibration)
+    emulated = False
 
     def options(self) -> dict:
         return dataclasses.asdict(self)

@@ -160,6 +160,36 @@ class Exchanger:
                     out.append(g.to(self.device, non_blocking=True) if self.on_accel else g)
         return out
 
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum of every rank's `t` (same shape on all ranks), GLOO's ring all-reduce;
+        bytes counted: the ring's 2 (P-1)/P share of t per rank."""
+        from costmodel.formulas import ring_allreduce_bytes
+
+        with self.timer.phase("staging") as rec:
+            host = t.contiguous().to("cpu") if self.on_accel else t.contiguous().clone()
+            if self.on_accel:
+                rec.staged_bytes += host.numel() * host.element_size()
+        with self.timer.phase("comm") as rec:
+            dist.all_reduce(host)
+            rec.comm_bytes += ring_allreduce_bytes(host.numel(), self.world, host.element_size())
+        with self.timer.phase("staging") as rec:
+            if self.on_accel:
+                rec.staged_bytes += host.numel() * host.element_size()
+                return host.to(self.device)
+        return host
+
+    def gather_to_root(self, part: torch.Tensor):
+        """Every rank's (B, k, d) `part` on rank 0 (list by rank), None elsewhere
+        (parallel/pool.py: a head that pools over every row)."""
+        from .pool import gather_partials
+
+        return gather_partials(part, self.rank, self.world, self.device, self.timer)
+
+    def gather_rows(self, x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+        """The full (B, N, d) sequence from every rank's rows, on every rank (parity
+        checks and `features=True`; not part of the timed inference)."""
+        return gather_rows_to_all(x, sizes, self.rank)
+
     def _pairwise(self, host, rows, B, d) -> list:
         bufs = [None] * self.world
         reqs = []

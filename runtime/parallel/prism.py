@@ -55,6 +55,8 @@ class Prism(Strategy):
     averaged: "output" (block input = previous block output; receivers apply norm1 to
               the means) or "ln1" (means of norm1 output; K/V of a mean = mean of K/V)."""
 
+    emulated = True
+
     cr: Optional[float] = opt(None, "compression rate L_p/m, in [1, L_p]")
     m: Optional[int] = opt(None, "segment means per device, in [1, L_p] (under torchrun write "
                                  "--segment-means: torchrun takes --m as its own --module)",

@@ -11,6 +11,8 @@ from .base import Strategy, register_strategy
 class Single(Strategy):
     """The plain model on one device, through the same adapter and timer as the others."""
 
+    emulated = True
+
     def block_step(self, run, i, x, ex, timer):
         with timer.phase("compute"):
             return run.adapter.block(i, x, None, run.bias)

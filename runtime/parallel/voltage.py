@@ -18,6 +18,8 @@ from .base import Strategy, register_strategy
 class Voltage(Strategy):
     """One exchange of the block input per block; exact (parity with the plain model)."""
 
+    emulated = True
+
     def block_step(self, run, i, x, ex, timer):
         ctx, ad = run.ctx, run.adapter
         if ctx.world_size == 1:
