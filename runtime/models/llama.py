@@ -16,6 +16,8 @@ head_per_position = True).
 """
 from __future__ import annotations
 
+import threading
+
 from pathlib import Path
 from typing import Optional
 
@@ -75,12 +77,21 @@ class HFLlamaAdapter(CausalLMAdapter):
             name, seq_len=n, d=cfg.hidden_size, heads=self.heads, kv_heads=self.kv_heads,
             head_dim=self.head_dim, d_ff=cfg.intermediate_size, n_layers=cfg.num_hidden_layers,
             vocab_size=cfg.vocab_size, lm_head=self.is_lm)
-        self._own = self._remote = None
+        self._bound = threading.local()     # per thread: runtime.train.emulate runs ranks as threads
+
+    @property
+    def _own(self):
+        return getattr(self._bound, "own", None)
+
+    @property
+    def _remote(self):
+        return getattr(self._bound, "remote", None)
 
     def bind_positions(self, own: Optional[torch.Tensor], remote: Optional[torch.Tensor]) -> None:
         """Global positions of this device's rows and of the remote K/V columns (None:
-        unbound; own rows then start at position 0 and there are no remote columns)."""
-        self._own, self._remote = own, remote
+        unbound; own rows then start at position 0 and there are no remote columns).
+        Bound per thread, so ranks emulated as threads of one process share the adapter."""
+        self._bound.own, self._bound.remote = own, remote
 
     def _cos_sin(self, pos: torch.Tensor, like: torch.Tensor):
         return self.base.rotary_emb(like, pos.to(like.device).view(1, -1))
