@@ -209,7 +209,6 @@ class HFBertAdapter:
             return self.model.classifier(self.model.dropout(pooled))
         return pooled
 
-    @torch.inference_mode()
     def reference(self, inputs: TextInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """The plain transformers forward: (pooled or logits, last hidden states)."""
         hs = self.base(input_ids=inputs.input_ids,
@@ -240,7 +239,6 @@ class CausalLMAdapter:
         """LM logits (B, L_own, V) for the rows given, or the rows themselves."""
         return self.model.lm_head(x_norm) if self.is_lm else x_norm
 
-    @torch.inference_mode()
     def reference(self, inputs: TextInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """The plain transformers forward: (logits for all positions, final hidden states)."""
         hs = self.base(input_ids=inputs.input_ids).last_hidden_state

@@ -127,7 +127,6 @@ class HFViTAdapter:
             return self.model.classifier(x_norm[:, 0])
         return self.base.pooler(x_norm) if self.base.pooler is not None else x_norm[:, 0]
 
-    @torch.inference_mode()
     def reference(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hs = self.base(images).last_hidden_state
         return self.head(hs), hs
@@ -176,7 +175,6 @@ class HFDistilBertAdapter(HFBertAdapter):
         m = self.model
         return m.classifier(m.dropout(torch.relu(m.pre_classifier(pooled))))
 
-    @torch.inference_mode()
     def reference(self, inputs: TextInputs) -> tuple[torch.Tensor, torch.Tensor]:
         hs = self.base(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).last_hidden_state
         return self.head(hs), hs
