@@ -484,10 +484,12 @@ def rs_ag_rows(sizes: Sequence[int], rank: int) -> int:
     return (n - sizes[rank]) + (p - 1) * sizes[rank]
 
 
-def tp_block_flops(rows: int, kv_rows: int, d: int, attn_dim: int, cols: int) -> float:
+def tp_block_flops(rows: int, kv_rows: int, d: int, attn_dim: int, cols: int, *,
+                   kv_dim: int | None = None, mlp_mats: int = 2) -> float:
     """Matmul FLOPs of one block on one device holding `attn_dim` = heads_r * head_dim
-    attention columns and `cols` MLP columns: q (2 L d A), k and v (4 Lkv d A), scores and
-    A.V (4 L Lkv A), proj (2 L A d), fc1 + fc2 (4 L d c). With A = d, c = d_ff this is
-    block_flops."""
-    return (2 * rows * d * attn_dim + 4 * kv_rows * d * attn_dim + 4 * rows * kv_rows * attn_dim
-            + 2 * rows * attn_dim * d + 4 * rows * d * cols)
+    attention columns (`kv_dim` K/V columns, attn_dim without GQA) and `cols` MLP columns:
+    q (2 L d A), k and v (4 Lkv d A_kv), scores and A.V (4 L Lkv A), proj (2 L A d), the
+    MLP (2 mlp_mats L d c; SwiGLU 3). With A = d, c = d_ff this is block_flops."""
+    akv = attn_dim if kv_dim is None else kv_dim
+    return (2 * rows * d * attn_dim + 4 * kv_rows * d * akv + 4 * rows * kv_rows * attn_dim
+            + 2 * rows * attn_dim * d + 2 * mlp_mats * rows * d * cols)

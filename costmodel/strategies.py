@@ -230,8 +230,17 @@ class HeadColumnSplit(Formula):
     collectives_per_block = 2
 
     def _units(self, shape, world_size, heads, cols):
-        return (units_split(heads, shape.heads, world_size, "heads"),
-                units_split(cols, shape.d_ff, world_size, "cols"))
+        """Grouped-query attention: a device holds whole K/V groups (heads / kv_heads query
+        heads each); by default the K/V heads are split evenly."""
+        g = shape.heads // (shape.kv_heads or shape.heads)
+        if heads is None and g > 1:
+            hs = tuple(g * k for k in units_split(None, shape.kv_heads, world_size, "kv heads"))
+        else:
+            hs = units_split(heads, shape.heads, world_size, "heads")
+        if any(h % g for h in hs):
+            raise ValueError(f"heads split {list(hs)}: {shape.name!r} shares each K/V head among {g} "
+                             f"query heads (grouped-query attention); heads per device must be multiples of {g}")
+        return hs, units_split(cols, shape.d_ff, world_size, "cols")
 
     def n_exchanges(self, plan):
         return 0 if plan.world_size == 1 else plan.shape.n_layers * self.collectives_per_block
@@ -268,8 +277,9 @@ class HeadColumnSplit(Formula):
         """Every device runs its heads and columns over all N rows (the connective ops,
         not matmuls, are duplicated by tensor_parallel and split by galaxy)."""
         s = plan.shape
-        a = plan.heads_split[rank] * (s.d // s.heads)
-        f = s.n_layers * tp_block_flops(s.seq_len, s.seq_len, s.d, a, plan.cols_split[rank])
+        a = plan.heads_split[rank] * s.dh
+        f = s.n_layers * tp_block_flops(s.seq_len, s.seq_len, s.d, a, plan.cols_split[rank],
+                                        kv_dim=a * s.kv_dim // s.attn_dim, mlp_mats=s.mlp_mats)
         if embed:
             f += s.embed_flops * (1.0 if self.embed_all_rows else plan.sizes[rank] / s.seq_len)
         if head and rank == 0:
