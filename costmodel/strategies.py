@@ -3,7 +3,7 @@
     plan = make_plan("prism", vit_shape(), world_size=2, batch=8, cr=9.9)
     plan.comm_bytes(0), plan.flops(0), plan.n_exchanges
     list_strategies()                         # every registered name
-    list_strategies(splits_weights=True)      # ['galaxy', 'tensor_parallel']
+    list_strategies(splits_weights=True)      # ['coformer', 'galaxy', 'pipeline', 'tensor_parallel']
 
 A `Formula` says how a strategy partitions a model and what that costs: its options
 (beyond partition and exchange), rows sent per block, bytes sent / received / staged,
@@ -17,6 +17,8 @@ is derived from this registry and the runtime's; adding a strategy is one Formul
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Sequence
 
 from .formulas import (COLLECTIVES, EXCHANGE_MODES, ModelShape, Plan, block_flops, check_partition,
@@ -342,6 +344,79 @@ class Galaxy(HeadColumnSplit):
         return plan.n_exchanges * plan.tiles    # one step per collective per tile
 
 
+@dataclass(frozen=True)
+class CoformerPlan(Plan):
+    """A coformer Plan: Plan's fields plus `k`, the blocks between aggregations."""
+
+    k: int = 1
+
+
+class Coformer(HeadColumnSplit):
+    """CoFormer: the heads / columns split of tensor_parallel, run as P independent
+    sub-models (one per device, all N rows each) whose residual streams are aggregated
+    by one ring all-reduce of the (B, N, d) sum of their residual deltas every `k` blocks
+    (runtime/parallel/coformer.py; docs/coformer.md). k = 1 aggregates after every
+    attention and every MLP sub-layer, as tensor_parallel does (2 all-reduces per block,
+    exact); k >= 2 once after blocks k, 2k, ... and after the last one: ceil(L / k)
+    all-reduces per pass, each 2 (P-1)/P N d b B bytes per device (GLOO's ring). k = L
+    (the default) is CoFormer's single aggregation at the end.
+
+    Flags: distributed, all_rows, splits_weights (fitted with the head/column splits'
+    phase parameters; a decision candidate only when a profile was fitted on it, as
+    tensor_parallel), and `approximate`: outputs differ from the plain model's for
+    k >= 2 (costmodel.accuracy reads it). `collective` is "native" only (the runtime
+    all-reduces through the Exchanger's ring); `tiles` 1 only."""
+
+    name, label, options = "coformer", "CoFormer", ("heads", "cols", "k", "collective", "tiles")
+    all_rows = True
+    approximate = True
+
+    def make_plan(self, shape, *, world_size, batch, partition, exchange, elem_bytes,
+                  heads=None, cols=None, k=None, collective=None, tiles=None):
+        hs, cs = self._units(shape, world_size, heads, cols)
+        if tiles not in (None, 1):
+            raise ValueError(f"tiles={tiles}: tile overlap applies to galaxy only")
+        if collective not in (None, "native"):
+            raise ValueError(f"coformer collective {collective!r}; allowed: ['native'] (the ring "
+                             "all-reduce of the Exchanger)")
+        if partition is not None:
+            raise ValueError("coformer keeps every token on every device; partition applies "
+                             "to voltage, prism and galaxy")
+        L = shape.n_layers
+        kk = L if k is None else k
+        if isinstance(kk, bool) or not isinstance(kk, int) or not 1 <= kk <= L:
+            raise ValueError(f"k={k!r} must be an integer from 1 (aggregate after every sub-layer, "
+                             f"= tensor_parallel) to depth {L} (one aggregation at the end)")
+        n = shape.seq_len
+        return CoformerPlan(self.name, shape, world_size, batch, tuple(even_partition(n, world_size)),
+                            kv_rows=(n,) * world_size, exchange=exchange, elem_bytes=elem_bytes,
+                            heads_split=hs, cols_split=cs, collective="native", tiles=1, k=kk,
+                            formula=self)
+
+    def n_exchanges(self, plan):
+        """All-reduces per pass: 2 L at k = 1, ceil(L / k) otherwise."""
+        if plan.world_size == 1:
+            return 0
+        L = plan.shape.n_layers
+        return 2 * L if plan.k == 1 else math.ceil(L / plan.k)
+
+    def n_messages(self, plan):
+        return plan.n_exchanges * 2 * (plan.world_size - 1)     # a ring all-reduce: 2 (P-1) steps
+
+    def comm_bytes(self, plan, rank):
+        s = plan.shape
+        return plan.n_exchanges * ring_allreduce_bytes(s.seq_len * s.d * plan.batch, plan.world_size,
+                                                       plan.elem_bytes)
+
+    def staged_bytes(self, plan, rank):
+        """On an accelerator: the (B, N, d) sum to the host and back, per all-reduce."""
+        s = plan.shape
+        return plan.n_exchanges * 2 * s.seq_len * s.d * plan.elem_bytes * plan.batch
+
+    def extra_dict(self, plan):
+        return {**super().extra_dict(plan), "k": plan.k}
+
+
 class Pipeline(Formula):
     """Layer pipeline (GPipe-style forward): device r holds a contiguous range of
     `layers` blocks (uneven allowed) and all N rows of every sample; rank 0 also embeds
@@ -415,5 +490,5 @@ class Pipeline(Formula):
         return {"layers": list(plan.layers_split), "microbatches": plan.microbatches}
 
 
-for _f in (Single(), Voltage(), Prism(), TensorParallel(), Galaxy(), Pipeline()):
+for _f in (Single(), Voltage(), Prism(), TensorParallel(), Galaxy(), Coformer(), Pipeline()):
     register_formula(_f)
