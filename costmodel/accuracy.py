@@ -44,7 +44,7 @@ KNOWN_METRICS = ("accuracy", "cos_mean", "perplexity", "next_byte_accuracy", "nn
 VARIANT_FIELDS = ("log_bias", "averaged")
 DEFAULT_VARIANT = {"prism": {"log_bias": True, "averaged": "output"}}
 #: knob values at which an approximate strategy is exact by construction (drop 0 anchor)
-EXACT_AT = {"prism": ("cr", 1.0)}
+EXACT_AT = {"prism": ("cr", 1.0), "coformer": ("k", 1.0)}   # off-the-shelf weights only
 REFERENCE_STRATEGIES = ("exact", "single")     # the unpartitioned model
 TOL = 1e-3                                     # |log(a / b)| below this: the same CR / K
 
@@ -65,18 +65,15 @@ def metric_kind(name: str) -> str:
 
 
 def unit_of(metric: str) -> str:
-    return ("% perplexity increase (100 (ratio - 1))" if metric_kind(metric) == "ratio"
-            else "points (100 x fraction)")
+    return "% perplexity increase (100 (ratio - 1))" if metric_kind(metric) == "ratio" else "points (100 x fraction)"
 
 
 def _num(v) -> Optional[float]:
-    if isinstance(v, bool) or v is None:
-        return None
     try:
-        x = float(v)
+        x = None if isinstance(v, bool) or v is None else float(v)
     except (TypeError, ValueError):
         return None
-    return x if math.isfinite(x) else None
+    return x if x is not None and math.isfinite(x) else None
 
 
 # ---------------------------------------------------------------------- loading
@@ -144,9 +141,12 @@ def _record(r: dict, key, metrics, variant_fields, source):
     if not vals:
         return None, f"none of the metrics {list(metrics)}"
     fin = r.get("finetuned", r.get("calibrated", False))
-    variant = tuple(sorted((f, r[f]) for f in variant_fields if r.get(f) is not None))
+    variant = {**DEFAULT_VARIANT.get(strategy, {}),        # an omitted field: the runtime's default
+               **{f: r[f] for f in variant_fields if r.get(f) is not None}}
+    variant = tuple(sorted(variant.items()))
     return {"model": model, "strategy": strategy, "world_size": int(ws), "cr": cr,
             "k": None if k is None else float(k), "finetuned": bool(fin), "variant": variant,
+            "depth": _num(r.get("depth") or r.get("n_layers")),
             "metrics": vals, "source": source,
             "cr_resolved": _num(r.get("cr_resolved")) or _num(r.get("cr_effective_mean"))}, None
 
@@ -186,10 +186,7 @@ def _knob(strategy, cr, k):
             raise AccuracyError(f"k applies to strategies with a k option (coformer), not {strategy!r}")
         return "k", _check_pos("k", k)
     if f is not None and "k" in getattr(f, "options", ()):
-        dk = getattr(f, "default_k", None)
-        if dk is not None:
-            return "k", float(dk)
-        raise AccuracyError(f"{strategy!r} needs k (blocks per aggregation)")
+        raise AccuracyError(f"{strategy!r} needs k (blocks per aggregation; rows give no depth)")
     raise AccuracyError(f"{strategy!r} is approximate: give cr (prism) or k (coformer)")
 
 
@@ -219,11 +216,7 @@ class AccuracyModel:
         return sorted({r["model"] for r in self.records})
 
     def metrics(self, model: str) -> list:
-        seen = []
-        for r in self.records:
-            if r["model"] == model:
-                seen += [m for m in r["metrics"] if m not in seen]
-        return seen
+        return list(dict.fromkeys(m for r in self.records if r["model"] == model for m in r["metrics"]))
 
     def primary_metric(self, model: str) -> str:
         return self.metrics(model)[0]
@@ -274,7 +267,7 @@ class AccuracyModel:
             if metric in r["metrics"]:
                 pts.setdefault(r[knob], []).append(self._drop(r["metrics"][metric], ref, metric))
         out = [(x, sum(d) / len(d), "measured") for x, d in pts.items()]
-        anchor = EXACT_AT.get(strategy)
+        anchor = None if finetuned else EXACT_AT.get(strategy)
         if out and anchor and anchor[0] == knob and not any(_same(x, anchor[1]) for x, _, _ in out):
             out.append((anchor[1], 0.0, "anchor"))
         return sorted(out)
@@ -285,8 +278,8 @@ class AccuracyModel:
         return tuple(sorted(v.items()))
 
     def _series_variant(self, model, strategy, world_size, knob, finetuned, want) -> Optional[tuple]:
-        """The variant of a stored series matching the wanted one: each stated field equal
-        (a row that omits a field matches its default); the most specific wins."""
+        """The variant of a stored series matching the wanted one: each field it states
+        equal (rows were completed with the defaults on loading); the most specific wins."""
         wanted = dict(want)
         best = None
         for (m, s, p, f, v, kn) in self.series():
@@ -327,6 +320,11 @@ class AccuracyModel:
             return {**out, "exact": ref, "value": ref, "drop": 0.0, "relative_drop_pct": 0.0,
                     "basis": "exact strategy", "source": f"formula {strategy!r} is exact; exact value from {src}",
                     "neighbours": []}
+        if cr is None and k is None and "k" in getattr(find_formula(strategy), "options", ()):
+            depths = {r["depth"] for r in self.records if (r["model"], r["strategy"]) == (model, strategy)}
+            if len(depths) == 1 and None not in depths:      # the formula's default: k = depth
+                k = out["k"] = depths.pop()
+                out["notes"].append(f"k defaults to the depth {k:g} (one aggregation at the end)")
         knob, x = _knob(strategy, cr, k)
         ps = [p for (m, s, p, *_r) in self.series() if (m, s) == (model, strategy)]
         if ws not in ps:
@@ -423,6 +421,8 @@ def screen_candidates(candidates, labels, fidelity, max_accuracy_drop=None, *, w
     name, am = (fidelity, default_model()) if isinstance(fidelity, str) else fidelity
     if name not in am.models():
         raise AccuracyError(f"no accuracy data for model {name!r}; models with data: {am.models()}")
+    if metric is not None and metric not in am.metrics(name):
+        raise AccuracyError(f"metric {metric!r} not measured for {name}; allowed: {am.metrics(name)}")
     bound = None if max_accuracy_drop is None else parse_drop_bound(max_accuracy_drop)
     kept, preds, dropped = [], {}, {}
     for (s, c), lab in zip(candidates, labels):

@@ -1,4 +1,4 @@
-"""`python -m costmodel fit | predict | validate | report | evaluate | plot` — JSON on stdout, logs on stderr.
+"""`python -m costmodel fit | predict | validate | report | evaluate | plot | accuracy | decide` — JSON on stdout, logs on stderr.
 
 Exit codes: 0 ok; 1 a check failed (`validate --max-mape`); 2 bad input (one line on
 stderr: unreadable or invalid perf map, corrupt model file, impossible query).
@@ -173,11 +173,89 @@ def build_parser():
         if name == "report":
             p.add_argument("--list", action="store_true", help="list the shipped profiles")
     _evaluate_parser(sub)
+    _accuracy_parsers(sub)
     from .plots import add_cli as add_plot_cli   # `plot`: figures (costmodel/plots/)
     add_plot_cli(sub)
     return ap
 
 
+
+
+def _accuracy_parsers(sub) -> None:
+    a = sub.add_parser("accuracy", help="predicted accuracy of a strategy (data/fidelity tables; docs/accuracy.md)")
+    a.add_argument("--model", default=None, help="fidelity model name (list: --list)")
+    a.add_argument("--strategy", default="prism")
+    a.add_argument("--cr", type=arg_positive(), default=None, help="compression rate (prism)")
+    a.add_argument("--k", type=arg_positive(), default=None, help="blocks per aggregation (coformer)")
+    a.add_argument("--world-size", type=arg_count(), default=2)
+    a.add_argument("--finetuned", action="store_true", help="prefer the fine-tuned rows")
+    a.add_argument("--metric", default=None, help="a metric other than the table's primary one")
+    a.add_argument("--extrapolate", action="store_true", help="outside the measured range: hold the nearest drop")
+    a.add_argument("--list", action="store_true", help="models, metrics and measured series")
+    a.add_argument("--held-out", action="store_true", help="leave-one-CR-out error of the interpolation")
+    a.add_argument("--interpolation", choices=["log", "linear"], default="log", help="with --held-out")
+    a.add_argument("--rows", action="store_true", help="with --held-out: every held-out point too")
+    d = sub.add_parser("decide", help="the decision hook for one (batch, bw), with an accuracy budget")
+    g = d.add_mutually_exclusive_group()
+    g.add_argument("--profile", default=None, help="shipped profile name (list: report --list)")
+    g.add_argument("--costmodel", default=None, help="path of a model JSON written by fit")
+    d.add_argument("--batch", type=arg_count(), required=True)
+    d.add_argument("--bw", type=arg_positive("Mbit/s"), required=True, help="Mbit/s")
+    d.add_argument("--candidates", default=None,
+                   help="comma list of strategy or strategy:cr, e.g. single,voltage,prism:2,prism:9.9")
+    d.add_argument("--max-cr", type=arg_positive(), default=None)
+    d.add_argument("--max-accuracy-drop", default=None, help="points (2) or relative (5%%)")
+    d.add_argument("--fidelity", default=None, help="model whose accuracy data to use (accuracy --list)")
+    d.add_argument("--finetuned", action="store_true", help="the weights are fine-tuned: prefer those rows")
+    d.add_argument("--accuracy-metric", default=None)
+    d.add_argument("--world-size", type=arg_count(2), default=2)
+    d.add_argument("--seq-len", type=arg_count(2), default=None)
+    d.add_argument("--objective", choices=["latency", "energy"], default="latency")
+
+
+def cmd_accuracy(a) -> dict:
+    from . import accuracy
+
+    am = accuracy.default_model()
+    if a.list:
+        series = sorted({(m, s, p, f, knob) for (m, s, p, f, v, knob) in am.series()}, key=repr)
+        return {"models": {m: {"metrics": am.metrics(m), "primary": am.primary_metric(m)} for m in am.models()},
+                "series": [{"model": m, "strategy": s, "world_size": p, "finetuned": f, "knob": k}
+                           for m, s, p, f, k in series],
+                "skipped": [f"{w}: {why}" for w, why in am.skipped]}
+    if a.held_out:
+        res = accuracy.held_out(am, how=a.interpolation)
+        return res if a.rows else {k: v for k, v in res.items() if k != "rows"}
+    if a.model is None:
+        raise QueryError(f"accuracy needs --model (one of {am.models()}), or --list / --held-out")
+    return am.predict(a.model, a.strategy, a.world_size, cr=a.cr, k=a.k, finetuned=a.finetuned,
+                      metric=a.metric, extrapolate=a.extrapolate)
+
+
+def _candidates(text):
+    out = []
+    for item in text.split(","):
+        name, _, cr = item.strip().partition(":")
+        try:
+            out.append((name, float(cr) if cr else None))
+        except ValueError:
+            raise QueryError(f"--candidates item {item!r}: give strategy or strategy:cr "
+                             "(e.g. prism:9.9)") from None
+    return out
+
+
+def cmd_decide(a) -> dict:
+    from .api import load_profile
+    from .decision import DecisionTable
+    from .model import CostModel
+
+    cm = CostModel.load(a.costmodel) if a.costmodel else load_profile(a.profile)
+    t = DecisionTable(cm, candidates=_candidates(a.candidates) if a.candidates else None,
+                      objective=a.objective, max_cr=a.max_cr, seq_len=a.seq_len, world_size=a.world_size,
+                      batches=[a.batch], max_accuracy_drop=a.max_accuracy_drop, fidelity=a.fidelity,
+                      finetuned=a.finetuned, accuracy_metric=a.accuracy_metric)
+    return {"profile": a.costmodel or a.profile or "default", "batch": a.batch, "bw": a.bw,
+            **t.choose(a.batch, a.bw)}
 
 
 def _evaluate_parser(sub) -> None:
@@ -263,6 +341,10 @@ def main(argv=None) -> int:
                 out = run_plot_cli(a)
             elif a.cmd == "evaluate":
                 out = cmd_evaluate(a, argv)
+            elif a.cmd == "accuracy":
+                out = cmd_accuracy(a)
+            elif a.cmd == "decide":
+                out = cmd_decide(a)
             elif a.cmd == "fit":
                 out = cmd_fit(a)
             elif a.cmd == "predict":

@@ -58,13 +58,20 @@ class DecisionTable:
     budget in MB (10^6 bytes), one number for every device or one per device (rank order;
     single runs on device 0): a candidate whose predicted peak (costmodel.memory) exceeds
     it on any device is never chosen, and a batch that nothing fits is refused.
+    max_accuracy_drop: the accuracy budget (costmodel.accuracy): points (2) or relative
+    ('5%'); candidates predicted to lose more, or with no prediction, are dropped (reasons
+    in `dropped` and in every choice). It needs fidelity: the model whose accuracy data to
+    read (a name, e.g. 'vit_digits', or (name, AccuracyModel)); finetuned=True prefers its
+    fine-tuned rows; accuracy_metric: a metric other than the table's primary one. The
+    max_cr cap still applies first, as a shortcut.
     """
 
     def __init__(self, model, perfmap=None, *, candidates: Optional[Sequence] = None,
                  objective="latency", max_cr: Optional[float] = None, seq_len: Optional[int] = None,
                  world_size: int = 2, batches: Sequence[int] = tuple(range(1, 65)),
                  bws: Optional[Sequence[float]] = None, model_name: Optional[str] = None,
-                 max_memory_mb=None):
+                 max_memory_mb=None, max_accuracy_drop=None, fidelity=None, finetuned: bool = False,
+                 accuracy_metric: Optional[str] = None):
         self.weights = parse_objective(objective)
         if candidates is None:
             candidates = decision_candidates()
@@ -93,6 +100,9 @@ class DecisionTable:
             cands = [(s, c) for s, c in cands if c is None or c <= max_cr]
         if not cands:
             raise ValueError("no candidates left to choose from")
+        self.accuracy, self.dropped, self.max_accuracy_drop = {}, {}, max_accuracy_drop
+        if fidelity is not None or max_accuracy_drop is not None:
+            cands = self._screen(cands, fidelity, max_accuracy_drop, world_size, finetuned, accuracy_metric)
         self.budget = _budget(max_memory_mb, world_size)
         self.model, self.perfmap = model, perfmap
         self.candidates, self.labels = cands, [_label(s, c) for s, c in cands]
@@ -103,6 +113,29 @@ class DecisionTable:
         self.bws = np.array(sorted(grid), float)
         self.batches = np.array(sorted(set(int(b) for b in batches)), int)
         self._build()
+
+    def _screen(self, cands, fidelity, bound, world_size, finetuned, metric) -> list:
+        from .accuracy import screen_candidates
+
+        kept, self.accuracy, self.dropped = screen_candidates(
+            cands, [_label(s, c) for s, c in cands], fidelity, bound, world_size=world_size,
+            finetuned=finetuned, metric=metric)
+        if not kept:
+            best = min(self.accuracy.items(), key=lambda kv: kv[1]["drop"], default=None)
+            least = f"; the smallest predicted drop is {best[0]} with {best[1]['drop']:.2f}" if best else ""
+            raise ValueError(f"no candidate meets max_accuracy_drop={bound!r}{least} "
+                             f"(dropped: {sorted(self.dropped)})")
+        return kept
+
+    def _annotate(self, d: dict) -> dict:
+        """The accuracy side of a choice (only when the table was built with fidelity)."""
+        if self.accuracy or self.dropped:
+            d["accuracy"] = {lab: {k: p[k] for k in ("metric", "value", "drop", "relative_drop_pct",
+                                                       "basis", "source", "finetuned_used")}
+                             for lab, p in self.accuracy.items()}
+            d["dropped"] = dict(self.dropped)
+            d["max_accuracy_drop"] = self.max_accuracy_drop
+        return d
 
     # ------------------------------------------------------------------ build
     def _build(self) -> None:
@@ -211,7 +244,7 @@ class DecisionTable:
         if self.budget is not None and not self.fits[c, bi]:
             self._refuse(batch)
         s, cr = self.candidates[c]
-        return {
+        return self._annotate({
             "mode": self.labels[c], "strategy": s, "cr": cr,
             "predicted": {lab: {"latency_ms": float(self.latency[i, bi, wi]),
                                 "energy_j": _f(self.energy[i, bi, wi]),
@@ -219,7 +252,7 @@ class DecisionTable:
                           for i, lab in enumerate(self.labels)},
             "source": "profiled" if self.source[c, bi, wi] else "model",
             "margin": float(self.margin[bi, wi]), "bw_grid": float(self.bws[wi]),
-        }
+        })
 
     # ------------------------------------------------------------------ memory budget
     def _peak_mb(self, strategy: str, cr, batch: int) -> list:
@@ -265,11 +298,12 @@ class DecisionTable:
         c = int(order[0])
         s2 = score[order[1]] if len(order) > 1 else score[c]
         s, cr = self.candidates[c]
-        return {"mode": self.labels[c], "strategy": s, "cr": cr,
-                "predicted": {lab: {"latency_ms": lat[i], "energy_j": _f(en[i]), "source": "model"}
-                              for i, lab in enumerate(self.labels)},
-                "source": "model", "margin": float((s2 - score[c]) / s2) if s2 > 0 else 0.0,
-                "bw_grid": None}
+        return self._annotate({
+            "mode": self.labels[c], "strategy": s, "cr": cr,
+            "predicted": {lab: {"latency_ms": lat[i], "energy_j": _f(en[i]), "source": "model"}
+                          for i, lab in enumerate(self.labels)},
+            "source": "model", "margin": float((s2 - score[c]) / s2) if s2 > 0 else 0.0,
+            "bw_grid": None})
 
     def predicted(self, batch: int, bw: float, strategy: str, cr: Optional[float]) -> Optional[float]:
         """Predicted latency (ms) of one candidate at (batch, bw), for hysteresis."""
@@ -298,20 +332,40 @@ def _budget(max_memory_mb, world_size: int):
 
 def choose(batch: int, bw: float, *, seq_len: Optional[int] = None, objective="latency",
            max_cr: Optional[float] = None, candidates: Optional[Sequence] = None,
-           world_size: int = 2, profile: Optional[str] = None, max_memory_mb=None) -> dict:
-    """One-call decision on a shipped profile (see DecisionTable.choose). The table for
-    a (profile, seq_len, objective, max_cr, candidates, world_size, max_memory_mb) is
-    built on first use and cached, so later calls cost microseconds."""
+           world_size: int = 2, profile: Optional[str] = None, max_memory_mb=None,
+           max_accuracy_drop=None, fidelity=None, finetuned: bool = False,
+           accuracy_metric: Optional[str] = None) -> dict:
+    """One-call decision on a shipped profile (see DecisionTable.choose; the accuracy
+    budget: DecisionTable's max_accuracy_drop / fidelity / finetuned). The table for a
+    (profile, seq_len, objective, max_cr, candidates, world_size, max_memory_mb, accuracy
+    arguments) is built on first use and cached, so later calls cost microseconds."""
     from .api import load_profile
 
     candidates = decision_candidates() if candidates is None else candidates
     max_cr = checks.optional(checks.positive, "max_cr", max_cr)    # NaN would drop every prism
     mem = tuple(max_memory_mb) if isinstance(max_memory_mb, (list, tuple)) else max_memory_mb
-    key = (profile, seq_len, repr(parse_objective(objective)), max_cr, tuple(candidates), world_size, mem)
+    if max_accuracy_drop is not None:
+        from .accuracy import parse_drop_bound
+
+        parse_drop_bound(max_accuracy_drop)        # one line before anything is hashed
+    acc = dict(max_accuracy_drop=max_accuracy_drop, fidelity=fidelity, finetuned=bool(finetuned),
+               accuracy_metric=accuracy_metric)
+    key = (profile, seq_len, repr(parse_objective(objective)), max_cr, tuple(candidates), world_size, mem,
+           tuple(acc.values()), _fidelity_stamp(fidelity))
     t = _TABLES.get(key)
     if t is None:
         t = DecisionTable(load_profile(profile), candidates=candidates, objective=objective,
                           max_cr=max_cr, seq_len=seq_len, world_size=world_size,
-                          max_memory_mb=max_memory_mb)
+                          max_memory_mb=max_memory_mb, **acc)
         _TABLES[key] = t
     return t.choose(batch, bw)
+
+
+def _fidelity_stamp(fidelity):
+    """The shipped tables' AccuracyModel when fidelity names them (a changed table, a new
+    cache entry); None otherwise."""
+    if not isinstance(fidelity, str):
+        return None
+    from .accuracy import default_model
+
+    return id(default_model())
