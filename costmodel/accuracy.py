@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import time
 from pathlib import Path
 from statistics import median
 from typing import Optional
@@ -78,10 +79,8 @@ def _num(v) -> Optional[float]:
 
 # ---------------------------------------------------------------------- loading
 def _rel(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(data_root().resolve().parent.parent))
-    except ValueError:
-        return str(path)
+    root, p = data_root().resolve().parent.parent, path.resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(path)
 
 
 def read_table(path) -> tuple:
@@ -104,11 +103,8 @@ def read_table(path) -> tuple:
     variant_fields = tuple(doc.get("variant_fields") or VARIANT_FIELDS)
     records, skipped = [], []
     for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            skipped.append((f"{_rel(path)} row {i}", "not an object"))
-            continue
-        r = {**table_defaults, **row}
-        rec, why = _record(r, key, metrics, variant_fields, _rel(path))
+        rec, why = (_record({**table_defaults, **row}, key, metrics, variant_fields, _rel(path))
+                    if isinstance(row, dict) else (None, "not an object"))
         if rec is None:
             skipped.append((f"{_rel(path)} row {i}", why))
         else:
@@ -450,12 +446,16 @@ def screen_candidates(candidates, labels, fidelity, max_accuracy_drop=None, *, w
 _DEFAULT: dict = {}
 
 
-def default_model() -> AccuracyModel:
-    """The AccuracyModel of data/fidelity/ (reloaded when a table changes)."""
-    root = data_root()
+def default_model(max_age_s: float = 1.0) -> AccuracyModel:
+    """The AccuracyModel of data/fidelity/, reloaded when a table changes (the files are
+    looked at again at most every max_age_s seconds: the decision hook's hot path)."""
+    root, now = data_root(), time.monotonic()
+    if _DEFAULT.get("root") == root and now - _DEFAULT.get("checked", -math.inf) < max_age_s:
+        return _DEFAULT["model"]
     stamp = tuple((str(p), p.stat().st_mtime_ns) for p in sorted(root.rglob("*.json")))
-    if _DEFAULT.get("stamp") != stamp:
-        _DEFAULT.update(stamp=stamp, model=AccuracyModel.load(root))
+    if _DEFAULT.get("stamp") != stamp or _DEFAULT.get("root") != root:
+        _DEFAULT.update(stamp=stamp, root=root, model=AccuracyModel.load(root))
+    _DEFAULT["checked"] = now
     return _DEFAULT["model"]
 
 
@@ -486,8 +486,7 @@ def held_out(am: Optional[AccuracyModel] = None, *, how: str = "log") -> dict:
 
     def summary(rs):
         e = [r["abs_error"] for r in rs]
-        return {"n": len(e), "median_abs_error": median(e) if e else None,
-                "max_abs_error": max(e) if e else None}
+        return {"n": len(e), "median_abs_error": median(e) if e else None, "max_abs_error": max(e) if e else None}
     models = sorted({r["model"] for r in rows})
     by_kind = {k: [r for r in rows if metric_kind(r["metric"]) == k] for k in ("fraction", "ratio")}
     return {"interpolation": how, "rows": rows,
