@@ -5,9 +5,10 @@
     am.predict("vit_digits", "prism", 2, cr=4, finetuned=True)   # fine-tuned rows first
     held_out(am)                                   # leave-one-CR-out error of the interpolation
 
-Torch-free. A table is read by its benchmark's reader (the shipped tables' row formats,
-unchanged) or, for any new table, by the row convention of docs/accuracy.md: rows with
-`model`, `world_size`, `strategy`, `cr` or `k`, `finetuned` and metric values. Records are
+Torch-free. costmodel.fidelity_tables reads the files: the shipped tables by their
+benchmark's reader (row formats unchanged), any new table by the row convention of
+docs/accuracy.md (rows with `model`, `world_size`, `strategy`, `cr` or `k`, `finetuned`
+and metric values), and fine-tuning cards (runtime/train/finetune.py). Records are
 keyed (model, strategy, P, CR or K, finetuned, variant); the variant is the strategy's
 accuracy-relevant options (Prism: log_bias, averaged; default the runtime's True/"output").
 
@@ -21,42 +22,22 @@ measured drop held) when asked. Exact strategies (formula not approximate) predi
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import time
-from pathlib import Path
 from statistics import median
 from typing import Optional
 
+from .fidelity_tables import DEFAULT_VARIANT, data_root, load_tables, number as _num, read_table  # noqa: F401
 from .strategies import find_formula
 
-#: benchmark -> (model key, metrics, primary first); the shipped tables' readers
-BENCHMARKS = {
-    "fidelity_vit_digits": ("vit_digits", ("accuracy", "agreement")),
-    "fidelity_gpt2": ("gpt2_bytes", ("perplexity", "next_byte_accuracy", "agreement")),
-    "fidelity_minilm": ("minilm", ("cos_mean", "nn_top1_agreement", "recall_at_5", "cos_p5")),
-    "fidelity_smollm2": ("smollm2", ("perplexity", "agreement")),
-}
-KNOWN_METRICS = ("accuracy", "cos_mean", "perplexity", "next_byte_accuracy", "nn_top1_agreement",
-                 "agreement", "recall_at_5", "cos_p5")
-#: the accuracy-relevant options of a strategy and the runtime's defaults
-VARIANT_FIELDS = ("log_bias", "averaged")
-DEFAULT_VARIANT = {"prism": {"log_bias": True, "averaged": "output"}}
 #: knob values at which an approximate strategy is exact by construction (drop 0 anchor)
 EXACT_AT = {"prism": ("cr", 1.0), "coformer": ("k", 1.0)}   # off-the-shelf weights only
-REFERENCE_STRATEGIES = ("exact", "single")     # the unpartitioned model
 TOL = 1e-3                                     # |log(a / b)| below this: the same CR / K
 
 
 class AccuracyError(ValueError):
     """A query the accuracy data cannot answer (one line naming what is allowed)."""
-
-
-def data_root() -> Path:
-    env = os.environ.get("PRISM_EDGE_DATA")
-    return (Path(env) if env else Path(__file__).resolve().parent.parent / "data") / "fidelity"
 
 
 def metric_kind(name: str) -> str:
@@ -67,95 +48,6 @@ def metric_kind(name: str) -> str:
 
 def unit_of(metric: str) -> str:
     return "% perplexity increase (100 (ratio - 1))" if metric_kind(metric) == "ratio" else "points (100 x fraction)"
-
-
-def _num(v) -> Optional[float]:
-    try:
-        x = None if isinstance(v, bool) or v is None else float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if x is not None and math.isfinite(x) else None
-
-
-# ---------------------------------------------------------------------- loading
-def _rel(path: Path) -> str:
-    root, p = data_root().resolve().parent.parent, path.resolve()
-    return str(p.relative_to(root)) if p.is_relative_to(root) else str(path)
-
-
-def read_table(path) -> tuple:
-    """(records, skipped) of one JSON table; skipped: [(what, reason)]."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        return [], [(_rel(path), f"unreadable: {e}")]
-    rows = doc.get("rows") if isinstance(doc, dict) else None
-    if not isinstance(rows, list):
-        return [], [(_rel(path), "no 'rows' list (a training card or metadata)")]
-    bench = BENCHMARKS.get(doc.get("benchmark"))
-    key = doc.get("model_key") or (bench[0] if bench else None)
-    metrics = tuple(doc.get("metrics") or (bench[1] if bench else
-                                            [m for m in KNOWN_METRICS if any(m in r for r in rows)]))
-    table_defaults = {f: doc[f] for f in ("world_size", "finetuned", "depth") if f in doc}
-    if doc.get("benchmark") == "fidelity_smollm2":
-        table_defaults["averaged"] = "output"            # the table states it in prose
-    variant_fields = tuple(doc.get("variant_fields") or VARIANT_FIELDS)
-    records, skipped = [], []
-    for i, row in enumerate(rows):
-        rec, why = (_record({**table_defaults, **row}, key, metrics, variant_fields, _rel(path))
-                    if isinstance(row, dict) else (None, "not an object"))
-        if rec is None:
-            skipped.append((f"{_rel(path)} row {i}", why))
-        else:
-            records.append(rec)
-    return records, skipped
-
-
-def _record(r: dict, key, metrics, variant_fields, source):
-    model = r.get("model") if isinstance(r.get("model"), str) and " " not in r["model"] else key
-    if not model:
-        return None, "no model key (row 'model' or table 'model_key')"
-    strategy = r.get("strategy")
-    if not isinstance(strategy, str):
-        return None, "no strategy"
-    if strategy in REFERENCE_STRATEGIES or r.get("setting") == "exact":
-        strategy = "exact"
-    ws = _num(r.get("world_size"))
-    if ws is None or ws != int(ws) or ws < 1:
-        return None, f"world_size {r.get('world_size')!r} is not an integer >= 1"
-    cr = _num(r.get("cr"))
-    if r.get("cr") is not None and cr is None:
-        return None, f"cr {r.get('cr')!r} is not a number (nominal CR only)"
-    k = r.get("k")
-    if k == "depth":
-        k = r.get("depth") or r.get("n_layers")
-    k = _num(k)
-    if r.get("k") is not None and k is None:
-        return None, f"k {r.get('k')!r} is not a number (or 'depth' with a depth field)"
-    vals = {m: _num(r.get(m)) for m in metrics if _num(r.get(m)) is not None}
-    if not vals:
-        return None, f"none of the metrics {list(metrics)}"
-    fin = r.get("finetuned", r.get("calibrated", False))
-    variant = {**DEFAULT_VARIANT.get(strategy, {}),        # an omitted field: the runtime's default
-               **{f: r[f] for f in variant_fields if r.get(f) is not None}}
-    variant = tuple(sorted(variant.items()))
-    return {"model": model, "strategy": strategy, "world_size": int(ws), "cr": cr,
-            "k": None if k is None else float(k), "finetuned": bool(fin), "variant": variant,
-            "depth": _num(r.get("depth") or r.get("n_layers")),
-            "metrics": vals, "source": source,
-            "cr_resolved": _num(r.get("cr_resolved")) or _num(r.get("cr_effective_mean"))}, None
-
-
-def load_tables(root=None) -> tuple:
-    """(records, skipped) of every table under root (default data/fidelity/), recursive."""
-    root = data_root() if root is None else Path(root)
-    records, skipped = [], []
-    for p in sorted(root.rglob("*.json")):
-        rec, sk = read_table(p)
-        records += rec
-        skipped += sk
-    return records, skipped
 
 
 # ---------------------------------------------------------------------- the model
@@ -255,13 +147,15 @@ class AccuracyModel:
 
     def points(self, model, strategy, world_size, knob, finetuned, variant, metric) -> list:
         """Sorted [(knob value, drop, source or 'anchor')] of one series, with the exact
-        anchor (Prism CR 1) when the series has no row there."""
+        anchor (Prism CR 1) when the series has no row there. A record stating its own
+        exact value (a fine-tuning card) drops against that one."""
         ref, _ = self.reference(model, world_size, metric)
         rows = self.series().get((model, strategy, world_size, finetuned, variant, knob), [])
         pts = {}
         for r in rows:
             if metric in r["metrics"]:
-                pts.setdefault(r[knob], []).append(self._drop(r["metrics"][metric], ref, metric))
+                own = r.get("exact", {}).get(metric, ref)
+                pts.setdefault(r[knob], []).append(self._drop(r["metrics"][metric], own, metric))
         out = [(x, sum(d) / len(d), "measured") for x, d in pts.items()]
         anchor = None if finetuned else EXACT_AT.get(strategy)
         if out and anchor and anchor[0] == knob and not any(_same(x, anchor[1]) for x, _, _ in out):

@@ -61,8 +61,11 @@ def test_prediction_equals_measured_row_at_measured_cr(am):
             if metric not in r["metrics"] or r[knob] is None:
                 continue
             p = am.predict(model, s, ws, finetuned=fin, options=dict(variant), **{knob: r[knob]})
-            assert p["basis"] in ("measured", "exact anchor") and p["source"].startswith(r["source"])
-            assert p["value"] == pytest.approx(r["metrics"][metric], rel=1e-9, abs=1e-12)
+            assert p["basis"] in ("measured", "exact anchor") and r["source"] in p["source"]
+            if metric in r["exact"]:               # a card: its drop against its own exact value
+                assert p["value"] - p["exact"] == pytest.approx(r["metrics"][metric] - r["exact"][metric])
+            else:
+                assert p["value"] == pytest.approx(r["metrics"][metric], rel=1e-9, abs=1e-12)
             n += 1
     assert n > 50
 
@@ -159,6 +162,24 @@ def test_row_convention_finetuned_rows_preferred(tmp_path):
     d = t.choose(32, 900)
     assert d["strategy"] == "prism" and d["accuracy"][d["mode"]]["finetuned_used"]
     assert _table(prof, max_accuracy_drop=2, fidelity=("vit_digits", am)).choose(32, 900)["strategy"] != "prism"
+
+
+def test_finetuning_card_is_a_finetuned_record(tmp_path):
+    card = {"schema_version": 1, "kind": "prism-edge finetune", "base": {"name": "test_vit"},
+            "strategy": "prism", "options": {"cr": 4}, "world_size": 2, "task": "digits",
+            "metric": "accuracy", "exact": {"accuracy": 0.98, "agreement": 1.0},
+            "before": {"accuracy": 0.76}, "after": {"accuracy": 0.975, "agreement": 0.97, "test_images": 450}}
+    am = AccuracyModel.load(_write_tables(tmp_path, card))
+    rec = [r for r in am.records if r["finetuned"]]
+    assert len(rec) == 1 and rec[0]["model"] == "vit_digits" and rec[0]["cr"] == 4
+    p = am.predict("vit_digits", "prism", 2, cr=4, finetuned=True)
+    assert p["finetuned_used"] and p["drop"] == pytest.approx(0.5)          # against the card's exact
+    assert p["value"] == pytest.approx(p["exact"] - 0.005)
+    other = tmp_path / "unknown_task"
+    other.mkdir()
+    am = AccuracyModel.load(_write_tables(other, dict(card, task="translation")))
+    assert not any(r["finetuned"] for r in am.records)
+    assert any("known task" in why for _, why in am.skipped)
 
 
 def test_row_convention_coformer_k(tmp_path):
