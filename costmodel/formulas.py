@@ -190,6 +190,8 @@ def _family_shapes() -> dict:
         "roberta-base": lambda: bert_shape("roberta-base"),
         "roberta-base-cls": lambda: bert_shape("roberta-base-cls", num_classes=2),
         "smollm2-135m": lambda: llama_shape("smollm2-135m"),
+        "qwen2.5-0.5b": lambda: llama_shape("qwen2.5-0.5b", d=896, heads=14, kv_heads=2, d_ff=4864,
+                                            n_layers=24, vocab_size=151936),   # biases: no matmul FLOPs
     }
 
 
@@ -199,7 +201,7 @@ FAMILY_SHAPES = _family_shapes()
 def named_shape(name: str, seq_len: int | None = None) -> ModelShape:
     """The shape of a named model without building it: the ViTs of KNOWN_SHAPES and the
     FAMILY_SHAPES (DeiT distilled, registers, avg pooling, HF ViT, DistilBERT, RoBERTa,
-    SmolLM2-135M); a text model at `seq_len` tokens when given (per-token FLOPs of its
+    SmolLM2-135M, Qwen2.5-0.5B); a text model at `seq_len` tokens when given (per-token FLOPs of its
     embedding / LM head scaled)."""
     import dataclasses
 

@@ -283,10 +283,20 @@ class HeadColumnSplit(Formula):
         f = s.n_layers * tp_block_flops(s.seq_len, s.seq_len, s.d, a, plan.cols_split[rank],
                                         kv_dim=a * s.kv_dim // s.attn_dim, mlp_mats=s.mlp_mats)
         if embed:
-            f += s.embed_flops * (1.0 if self.embed_all_rows else plan.sizes[rank] / s.seq_len)
+            f += s.embed_flops * self._embed_share(plan, rank)
         if head and rank == 0:
             f += s.head_flops
         return f * plan.batch
+
+    def _embed_share(self, plan, rank) -> float:
+        """Share of embed_flops device `rank` runs. All rows on every device: a ViT's patch
+        projection everywhere, but a decoder's per-position LM head (carried in embed_flops
+        with head_flops 0, as gpt2_shape / llama_shape and costmodel.memory read it) on
+        device 0 only, where the runner applies the head; else pro rata to own rows."""
+        if not self.embed_all_rows:
+            return plan.sizes[rank] / plan.shape.seq_len
+        per_position_head = plan.shape.embed_flops and not plan.shape.head_flops
+        return 1.0 if rank == 0 or not per_position_head else 0.0
 
     def extra_dict(self, plan):
         return {"heads": list(plan.heads_split), "cols": list(plan.cols_split),

