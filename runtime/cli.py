@@ -34,6 +34,8 @@ COMMANDS = {
                 "create / check / remove the emulated network"),
     "serve": ("runtime.serve.server", "add_args", "main",
               "serve requests with the per-batch decision hook (adaptive runner)"),
+    "finetune": ("runtime.train.cli", "add_args", "main",
+                 "fine-tune a model under Prism (emulated P-partition forward) -> safetensors + card"),
     "demo": ("runtime.serve.demo", "add_args", "main",
              "profile, fit and serve end to end on a small default (make demo)"),
 }

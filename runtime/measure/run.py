@@ -97,8 +97,12 @@ def validate(cfg: RunConfig) -> None:
     if cfg.trace_dir:
         safeio.check_writable_dir(cfg.trace_dir)
     if cfg.checkpoint and os.path.isfile(cfg.checkpoint):
+        from ..models.cards import base_spec, is_card
         from ..models.registry import load_state_dict
-        load_state_dict(cfg.checkpoint)      # a checkpoint weights_only refuses: one line now
+        if is_card(cfg.checkpoint):          # a fine-tune card: readable, and fine-tunes this model
+            base_spec(cfg.spec(), cfg.checkpoint)
+        else:
+            load_state_dict(cfg.checkpoint)  # a checkpoint weights_only refuses: one line now
     if (cfg.seq_len is not None or cfg.lengths) and family_of(cfg.model) == "vit":
         raise ValueError(f"--seq-len/--lengths apply to text models (bert-*, gpt2*, "
                          f"all-minilm-l6-v2), not to {cfg.model!r}")

@@ -111,7 +111,19 @@ def load_state_dict(path: str) -> dict:
 
 
 def build_adapter(spec: ModelSpec, device="cpu"):
-    """Create the plain model for `spec` (weights follow from spec.seed) and wrap it."""
+    """Create the plain model for `spec` (weights follow from spec.seed) and wrap it.
+    A checkpoint ending in .json is a fine-tune card (models/cards.py): its base model
+    is built, then the card's trained tensors are loaded into it."""
+    if spec.checkpoint and str(spec.checkpoint).endswith(".json"):
+        from .cards import apply_card, base_spec
+
+        base = base_spec(spec, spec.checkpoint)
+        if str(device) == "meta":
+            base = shape_spec(base)
+        ad = _FAMILIES[family_of(base.name)][0](base, device)
+        if str(device) != "meta":
+            apply_card(ad.model, spec.checkpoint)
+        return ad
     return _FAMILIES[family_of(spec.name)][0](spec, device)
 
 
@@ -125,6 +137,8 @@ def n_tokens(spec: ModelSpec) -> int:
 def shape_spec(spec: ModelSpec) -> ModelSpec:
     """The spec to build on the meta device for shapes: a ViT drops its weights file;
     text families keep their checkpoint folder (only its config.json is read there)."""
+    if spec.checkpoint and str(spec.checkpoint).endswith(".json"):
+        return spec                # a fine-tune card: its base is built on meta (weights not read)
     if family_of(spec.name) != "vit":
         return spec
     return ModelSpec(**{**spec.__dict__, "checkpoint": None})

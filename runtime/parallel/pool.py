@@ -10,13 +10,12 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .exchange import Timer
-
 
 def gather_partials(part: torch.Tensor, rank: int, world: int, device: torch.device,
-                    timer: Timer):
-    """Every rank's (B, k, d) partial on rank 0 (list by rank), None elsewhere; timed as
-    staging and comm, bytes handed to isend counted on the sender."""
+                    timer):
+    """Every rank's (B, k, d) partial on rank 0 (list by rank), None elsewhere; timed
+    into `timer` (an exchange.Timer) as staging and comm, bytes handed to isend counted on
+    the sender. Reached through Exchanger.gather_to_root."""
     on_accel = device.type != "cpu"
     with timer.phase("staging") as rec:
         host = part.contiguous().to("cpu") if on_accel else part.contiguous()

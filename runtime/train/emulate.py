@@ -35,25 +35,60 @@ from ..parallel.exchange import DEFAULT_TIMEOUT_S, Timer
 
 
 class Mailbox:
-    """All-gather of one object per rank among `world` threads: every rank puts its
-    tensor and gets every rank's (the same objects, so gradients flow). A rank that
-    fails breaks the barrier, so its peers raise instead of waiting for it; a peer that
-    never arrives raises after `timeout_s`."""
+    """All-gather of one object per rank among `world` rank threads that take turns.
+
+    Ranks run one at a time, in rank order, between two collectives: rank r computes
+    until its next collective, posts its tensor and hands the turn to r + 1; the last
+    rank to post completes the round and rank 0 goes on. The turns make a pass
+    deterministic (autograd records every node in the same order, so a seeded fine-tune
+    gives the same weights twice) and leave every core to torch's own threads. Ranks get
+    the posted tensor objects themselves, so gradients flow between them. A rank that
+    fails aborts the box (its peers raise instead of waiting); a turn that does not come
+    within `timeout_s` raises TimeoutError."""
 
     def __init__(self, world: int, timeout_s: float = DEFAULT_TIMEOUT_S):
-        self.world = world
-        self.barrier = threading.Barrier(world, timeout=timeout_s)
+        self.world, self.timeout_s = world, timeout_s
+        self.cv = threading.Condition()
+        self.turn, self.broken = 0, False
         self.slots: list = [None] * world
+        self.rounds: dict = {}          # round -> [every rank's object, readers left]
+        self.round_of = [0] * world
+
+    def _wait_turn(self, rank: int) -> None:
+        if not self.cv.wait_for(lambda: self.broken or self.turn == rank, timeout=self.timeout_s):
+            raise TimeoutError(f"emulated rank {rank}: no turn within {self.timeout_s:g} s")
+        if self.broken:
+            raise threading.BrokenBarrierError(f"emulated rank {rank}: a peer failed")
+
+    def start(self, rank: int) -> None:
+        with self.cv:
+            self._wait_turn(rank)
+
+    def finish(self, rank: int) -> None:
+        with self.cv:
+            self.turn = (rank + 1) % self.world
+            self.cv.notify_all()
 
     def all_gather(self, rank: int, obj) -> list:
-        self.slots[rank] = obj
-        self.barrier.wait()
-        out = list(self.slots)
-        self.barrier.wait()             # every rank has read before the next write
-        return out
+        with self.cv:
+            rnd = self.round_of[rank]
+            self.round_of[rank] += 1
+            self.slots[rank] = obj
+            if rank == self.world - 1:          # every rank has posted: the round is complete
+                self.rounds[rnd] = [list(self.slots), self.world]
+            self.turn = (rank + 1) % self.world
+            self.cv.notify_all()
+            self._wait_turn(rank)
+            entry = self.rounds[rnd]
+            entry[1] -= 1
+            if not entry[1]:
+                del self.rounds[rnd]
+            return entry[0]
 
     def abort(self) -> None:
-        self.barrier.abort()
+        with self.cv:
+            self.broken = True
+            self.cv.notify_all()
 
 
 class LocalExchanger:
@@ -152,10 +187,13 @@ class EmulatedModel:
 
         def rank_main(r: int):
             try:
+                box.start(r)
                 with torch.inference_mode(infer), torch.set_grad_enabled(grad):
                     run = self.runners[r]
-                    return run.forward(inputs, features=features,
-                                       exchanger=lambda timer: LocalExchanger(box, r, self.exchange, timer))
+                    res = run.forward(inputs, features=features,
+                                      exchanger=lambda timer: LocalExchanger(box, r, self.exchange, timer))
+                box.finish(r)
+                return res
             except BaseException:
                 box.abort()             # peers raise BrokenBarrierError instead of waiting
                 raise
