@@ -41,7 +41,9 @@ def _metrics(logits, tgt, ref_pred, sizes):
     return out
 
 
-def _rank(rank, world, grid):
+def _rank(rank, world, grid, checkpoint=None):
+    """`checkpoint`: a fine-tune card; its model runs the grid, the base model is the
+    exact reference for agreement."""
     import torch
 
     from runtime.parallel.exchange import gather_rows_to_all
@@ -50,13 +52,14 @@ def _rank(rank, world, grid):
     from runtime.parallel import DistContext, create_strategy
     from train_gpt2_tiny import SEQ, eval_batch
 
-    ad = build_adapter(ModelSpec("gpt2", checkpoint=os.path.join(DATA, "gpt2_bytes"), seq_len=SEQ))
+    base = build_adapter(ModelSpec("gpt2", checkpoint=os.path.join(DATA, "gpt2_bytes"), seq_len=SEQ))
+    ad = base if checkpoint is None else build_adapter(ModelSpec("gpt2", checkpoint=checkpoint, seq_len=SEQ))
     ev = eval_batch()
     x = TextInputs(ev[:, :-1], torch.ones(len(ev), SEQ, dtype=torch.long))
     tgt = ev[:, 1:]
     out = []
     with torch.inference_mode():
-        ref = ad.reference(x)[0]
+        ref = base.reference(x)[0]
         ref_pred = ref.argmax(-1)
         if rank == 0:
             out.append({"strategy": "exact", **_metrics(ref, tgt, ref_pred, [SEQ])})

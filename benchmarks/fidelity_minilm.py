@@ -32,7 +32,9 @@ def _m_for(lp: int, cr) -> int:
     return 1 if cr == "max" else max(1, min(lp, int(round(lp / float(cr)))))
 
 
-def _rank(rank, world, groups, grid):
+def _rank(rank, world, groups, grid, checkpoint=None):
+    """`checkpoint`: a fine-tune card; its model runs the grid, the base model gives the
+    exact embeddings every setting is scored against."""
     import torch
 
     from runtime.models.hf import HFBertAdapter, TextInputs
@@ -40,6 +42,8 @@ def _rank(rank, world, groups, grid):
     from runtime.parallel import DistContext, create_strategy
 
     base = build_adapter(ModelSpec("all-minilm-l6-v2", seq_len=128)).model
+    tuned = base if checkpoint is None else build_adapter(
+        ModelSpec("all-minilm-l6-v2", seq_len=128, checkpoint=checkpoint)).model
     out = {"exact": {}, "runs": {i: {} for i in range(len(grid))}, "lp_m": {i: [] for i in range(len(grid))}}
     with torch.inference_mode():
         for n, idx, ids in groups:
@@ -49,6 +53,7 @@ def _rank(rank, world, groups, grid):
                 _, h = ad.reference(x)
                 for k, e in zip(idx, h.mean(dim=1)):
                     out["exact"][k] = e.tolist()
+            ad = HFBertAdapter(tuned, "all-minilm-l6-v2", seq_len=n)
             lp = -(-n // world)
             for gi, (sname, opts) in enumerate(grid):
                 o = dict(opts)
@@ -80,41 +85,54 @@ def _score(exact, approx, k=5):
             "cos_min": cos.min().item(), "nn_top1_agreement": nn1, f"recall_at_{k}": rec}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--world-sizes", default="2,4")
-    ap.add_argument("--out", default="minilm.json")
-    ap.add_argument("--limit", type=int, help="first N sentences only (smoke test)")
-    a = ap.parse_args(argv)
+def sentence_groups(limit=None):
+    """(sentences, token ids, groups of equal length) of data/fidelity/sentences.txt."""
     from transformers import AutoTokenizer
 
     from runtime.models.hf import minilm_dir
 
     with open(os.path.join(DATA, "sentences.txt")) as f:
         sents = [s.strip() for s in f if s.strip()]
-    if a.limit:
-        sents = sents[:a.limit]
+    if limit:
+        sents = sents[:limit]
     tok = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
     enc = tok(sents, truncation=True, max_length=128)["input_ids"]
     by_len: dict = {}
     for i, ids in enumerate(enc):
         by_len.setdefault(len(ids), []).append(i)
-    groups = [(n, idx, [enc[i] for i in idx]) for n, idx in sorted(by_len.items())]
+    return sents, enc, [(n, idx, [enc[i] for i in idx]) for n, idx in sorted(by_len.items())]
+
+
+def grid_rows(world, groups, grid, n_sents, checkpoint=None) -> list:
+    """One scored row per grid setting on `world` GLOO ranks (`checkpoint`: a fine-tune
+    card run against the base model's exact embeddings)."""
+    res = run_on_ranks(_rank, world, groups, grid, checkpoint)
+    exact = [res["exact"][str(i)] for i in range(n_sents)]
+    rows = []
+    for gi, (sname, opts) in enumerate(grid):
+        approx = [res["runs"][str(gi)][str(i)] for i in range(n_sents)]
+        lpm = res["lp_m"][str(gi)]
+        tot = sum(b for _, _, b in lpm)
+        red = sum((1 - m / lp) * b for lp, m, b in lpm) / tot
+        cr_eff = sum(lp / m * b for lp, m, b in lpm) / tot
+        rows.append({"world_size": world, "strategy": sname, "cr": opts.get("cr"),
+                     "log_bias": opts.get("log_bias"), "averaged": opts.get("averaged"),
+                     "cr_effective_mean": round(cr_eff, 3), "traffic_reduction_mean": round(red, 4),
+                     **{k: round(v, 5) for k, v in _score(exact, approx).items()}})
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--world-sizes", default="2,4")
+    ap.add_argument("--out", default="minilm.json")
+    ap.add_argument("--limit", type=int, help="first N sentences only (smoke test)")
+    a = ap.parse_args(argv)
+    sents, enc, groups = sentence_groups(a.limit)
     grid = prism_grid(CRS)
     rows = []
     for world in [int(w) for w in a.world_sizes.split(",")]:
-        res = run_on_ranks(_rank, world, groups, grid)
-        exact = [res["exact"][str(i)] for i in range(len(sents))]
-        for gi, (sname, opts) in enumerate(grid):
-            approx = [res["runs"][str(gi)][str(i)] for i in range(len(sents))]
-            lpm = res["lp_m"][str(gi)]
-            tot = sum(b for _, _, b in lpm)
-            red = sum((1 - m / lp) * b for lp, m, b in lpm) / tot
-            cr_eff = sum(lp / m * b for lp, m, b in lpm) / tot
-            row = {"world_size": world, "strategy": sname, "cr": opts.get("cr"),
-                   "log_bias": opts.get("log_bias"), "averaged": opts.get("averaged"),
-                   "cr_effective_mean": round(cr_eff, 3), "traffic_reduction_mean": round(red, 4),
-                   **{k: round(v, 5) for k, v in _score(exact, approx).items()}}
+        for row in grid_rows(world, groups, grid, len(sents)):
             rows.append(row)
             print(row, file=sys.stderr)
     lens = [len(e) for e in enc]

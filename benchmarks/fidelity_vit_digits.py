@@ -20,18 +20,22 @@ from fidelity_common import DATA, command, environment, prism_grid, run_on_ranks
 CRS = {2: [1, 2, 4, 8, 16, 33], 4: [1, 2, 4, 8, 17]}
 
 
-def _rank(rank, world, grid):
+def _rank(rank, world, grid, checkpoint=None):
+    """`checkpoint`: a fine-tune card; its model runs the grid, the base model is the
+    exact reference (accuracy is the card model's own; agreement is with the base)."""
     import torch
 
     from runtime.models import ModelSpec, build_adapter
     from runtime.parallel import DistContext, create_strategy
-    from train_vit_digits import SPEC, digits_split
+    from train_vit_digits import SPEC
+    from runtime.train.tasks import digits_split
 
-    ad = build_adapter(ModelSpec(**SPEC, checkpoint=os.path.join(DATA, "vit_digits.safetensors")))
+    base = build_adapter(ModelSpec(**SPEC, checkpoint=os.path.join(DATA, "vit_digits.safetensors")))
+    ad = base if checkpoint is None else build_adapter(ModelSpec(SPEC["name"], checkpoint=checkpoint))
     _, _, x, y = digits_split(0)
     out = []
     with torch.inference_mode():
-        ref = ad.reference(x)[0].argmax(1)
+        ref = base.reference(x)[0].argmax(1)
         for sname, opts in grid:
             ctx = DistContext(rank, world, torch.device("cpu"), "pairwise", None)
             run = create_strategy(sname, **opts).apply(ad, ctx, len(x))

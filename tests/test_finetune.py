@@ -62,7 +62,8 @@ def test_trainable_sets_are_nested():
     every = trainable_parameters(model, "all")
     attn = trainable_parameters(model, "attention")
     norms = trainable_parameters(model, "norms")
-    assert set(norms) < set(attn) < set(every)
+    kv = trainable_parameters(model, "kv")
+    assert set(norms) < set(kv) <= set(attn) < set(every)
     assert any("qkv" in k for k in attn) and not any("mlp" in k for k in attn)
     with pytest.raises(ValueError, match="known"):
         trainable_parameters(model, "some")

@@ -30,7 +30,7 @@ from ..models.cards import SCHEMA_VERSION, read_card
 from .emulate import EmulatedModel
 from .tasks import get_task
 
-TRAINABLE = ("all", "attention", "norms")
+TRAINABLE = ("all", "attention", "kv", "norms")
 
 
 def _adapter_for_len(adapter, n: int):
@@ -77,7 +77,9 @@ class StrategyForward:
 
 
 def trainable_parameters(model: torch.nn.Module, which: str) -> dict:
-    """name -> parameter to train: all, the attention projections + norms, or norms only."""
+    """name -> parameter to train: all; the attention projections + norms; the key and
+    value projections + norms (what reads the exchanged means; a fused qkv counts whole);
+    or the norms only. The smaller sets keep a fine-tune's shipped file small."""
     if which not in TRAINABLE:
         raise ValueError(f"unknown trainable set {which!r}; known: {list(TRAINABLE)}")
     out = {}
@@ -85,7 +87,9 @@ def trainable_parameters(model: torch.nn.Module, which: str) -> dict:
         low = name.lower()
         is_norm = "norm" in low or "ln_" in low or ".ln" in low
         is_attn = any(k in low for k in ("attn", "attention", "query", "key", "value", "qkv"))
-        if which == "all" or (which == "norms" and is_norm) or (which == "attention" and (is_attn or is_norm)):
+        is_kv = any(k in low for k in (".key.", ".value.", "qkv", "k_proj", "v_proj", "c_attn"))
+        if (which == "all" or (which == "norms" and is_norm)
+                or (which == "attention" and (is_attn or is_norm)) or (which == "kv" and (is_kv or is_norm))):
             out[name] = p
     return out
 
