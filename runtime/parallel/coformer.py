@@ -13,7 +13,7 @@ Which heads and columns go where is `assign`: "contiguous" is tensor_parallel's 
 to its share of the units (`assign_units`, docs/coformer.md):
     head importance    = ||W_v[h]||_F * ||W_proj[:, h]||_F   (its value rows, its output columns)
     channel importance = ||W_fc1[c]||_2 * ||W_fc2[:, c]||_2
-units sorted by importance, each to the device furthest below its importance target.
+units sorted by importance, each to the device needing the most importance per free slot.
 
 Sub-models and the aggregation rule (residual families: timm ViT, HF ViT). Device r
 keeps its own stream x_r and, since the last aggregation point, the sum u_r of its
@@ -82,21 +82,22 @@ class SubShard:
 def head_importance(full) -> list:
     """Per head: ||W_v[h]||_F * ||W_proj[:, h]||_F, from a full-width shard."""
     A, Dh = full.attn_dim, full.head_dim
-    wv, wo = full.wqkv[2 * A:], full.wproj
+    wv, wo = full.wqkv[2 * A:].detach(), full.wproj.detach()
     return [float(wv[h * Dh:(h + 1) * Dh].norm() * wo[:, h * Dh:(h + 1) * Dh].norm())
             for h in range(full.heads)]
 
 
 def col_importance(full) -> list:
     """Per MLP channel: ||W_fc1[c]||_2 * ||W_fc2[:, c]||_2."""
-    return (full.wfc1.norm(dim=1) * full.wfc2.norm(dim=0)).tolist()
+    return (full.wfc1.detach().norm(dim=1) * full.wfc2.detach().norm(dim=0)).tolist()
 
 
 def balanced_split(importance, widths) -> list:
     """Units (indices of `importance`) to devices, len(result[r]) == widths[r]: sorted by
-    importance (largest first), each to the device with room that is furthest below its
-    target share sum(importance) * widths[r] / sum(widths) (ties: lower rank). Equal
-    widths give the snake order 0, 1, 1, 0, ... of equal importances."""
+    importance (largest first), each to the device that still needs the most importance
+    per free slot, (target_r - got_r) / free_r with target_r = sum(importance) * widths[r]
+    / sum(widths) (ties: lower rank). Equal widths give the snake order 0, 1, 1, 0, ...;
+    uneven widths end within a unit's importance of their share."""
     n, widths = len(importance), [int(w) for w in widths]
     if sum(widths) != n or any(w < 0 for w in widths):
         raise ValueError(f"widths {widths} must be >= 0 and sum to {n} units")
@@ -105,7 +106,7 @@ def balanced_split(importance, widths) -> list:
     got, sets = [0.0] * len(widths), [[] for _ in widths]
     for u in sorted(range(n), key=lambda u: (-importance[u], u)):
         r = max((q for q in range(len(widths)) if len(sets[q]) < widths[q]),
-                key=lambda q: (target[q] - got[q], -q))
+                key=lambda q: ((target[q] - got[q]) / (widths[q] - len(sets[q])), -q))
         sets[r].append(u)
         got[r] += importance[u]
     return [sorted(s) for s in sets]
@@ -118,16 +119,20 @@ def assign_units(lay, n_layers: int, heads_split, cols_split, mode: str = "impor
         raise ValueError(f"assign={mode!r}; allowed: {list(ASSIGN)}")
     hs, cs = offsets(heads_split), offsets(cols_split)
     out = []
-    for i in range(n_layers):
-        if mode == "contiguous":
-            out.append([(list(range(hs[r], hs[r] + h)), list(range(cs[r], cs[r] + c)))
-                        for r, (h, c) in enumerate(zip(heads_split, cols_split))])
-            continue
-        full = lay.shard(i, 0, lay.heads, 0, sum(cols_split))
-        hsets = balanced_split(head_importance(full), heads_split)
-        csets = balanced_split(col_importance(full), cols_split)
-        out.append(list(zip(hsets, csets)))
+    with torch.no_grad():
+        for i in range(n_layers):
+            out.append(_assign_block(lay, i, heads_split, cols_split, hs, cs, mode))
     return out
+
+
+def _assign_block(lay, i, heads_split, cols_split, hs, cs, mode) -> list:
+    if mode == "contiguous":
+        return [(list(range(hs[r], hs[r] + h)), list(range(cs[r], cs[r] + c)))
+                for r, (h, c) in enumerate(zip(heads_split, cols_split))]
+    full = lay.shard(i, 0, lay.heads, 0, sum(cols_split))
+    hsets = balanced_split(head_importance(full), heads_split)
+    csets = balanced_split(col_importance(full), cols_split)
+    return list(zip(hsets, csets))
 
 
 def slice_shard(lay, i: int, heads_idx, cols_idx, d_ff: int) -> SubShard:
@@ -318,6 +323,16 @@ class CoFormer(HeadColumnSplit):
         card = load_card(self.weights)
         return {"heads": tuple(card["heads"]), "cols": tuple(card["cols"]), "k": card["k"]}
 
+    def plan(self, adapter, ctx, batch):
+        if self.weights is not None:        # the card's model and P first: its options follow
+            card, s = load_card(self.weights), adapter.shape
+            want = {"d": s.d, "heads": s.heads, "d_ff": s.d_ff, "n_layers": s.n_layers}
+            got = {k: card["shape"][k] for k in want}
+            if got != want or card["world_size"] != ctx.world_size:
+                raise ValueError(f"calibrated sub-models {self.weights!r} are for shape {got}, "
+                                 f"P={card['world_size']}; this model is {want}, P={ctx.world_size}")
+        return super().plan(adapter, ctx, batch)
+
     def prepare(self, adapter, ctx, plan) -> CoState:
         lay = layout_for(adapter)
         residual = getattr(adapter, "family", "?") in RESIDUAL_FAMILIES
@@ -326,13 +341,7 @@ class CoFormer(HeadColumnSplit):
                              f"{list(RESIDUAL_FAMILIES)}); {adapter.family!r} is post-LN: k=1 only")
         s, r = adapter.shape, ctx.rank
         beta = {"attn": plan.heads_split[r] / s.heads, "mlp": plan.cols_split[r] / s.d_ff}
-        if self.weights is not None:
-            card = load_card(self.weights)
-            want = {"d": s.d, "heads": s.heads, "d_ff": s.d_ff, "n_layers": s.n_layers}
-            got = {k: card["shape"][k] for k in want}
-            if got != want or card["world_size"] != ctx.world_size:
-                raise ValueError(f"calibrated sub-models for shape {got}, P={card['world_size']}; "
-                                 f"this model is {want}, P={ctx.world_size}")
+        if self.weights is not None:          # plan() checked the card against the model
             shards = load_shards(self.weights, r, lay.head_dim)
         else:
             units = assign_units(lay, s.n_layers, plan.heads_split, plan.cols_split, self.assign)

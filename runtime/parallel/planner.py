@@ -1,7 +1,8 @@
 """Heterogeneity-aware planning: from profiled per-device speeds, the partition sizes
 (voltage / prism), head and column splits (tensor_parallel) and head, column and row
-splits (galaxy) that minimise the predicted latency; and a way to make one emulated
-device slower.
+splits (galaxy) that minimise the predicted latency; coformer's sub-model widths and
+aggregation interval under memory and accuracy-drop bounds (`plan_coformer`, DeBo's
+first step); and a way to make one emulated device slower.
 
     speeds = profile_speed(adapter)                 # FLOP/s of this rank, one block
     plan = plan_splits("galaxy", adapter.shape, speeds_of_every_rank, bw=300)
@@ -209,3 +210,100 @@ def plan_splits(strategy: str, shape: ModelShape, speeds: Sequence[float], *,
         rows = None
     opts = dict(heads=heads, cols=cols, **extra)
     return SplitPlan(strategy, rows, opts, v, speeds, pred(even), mk(heads, cols, rows))
+
+
+# --------------------------------------------------------------------------- coformer (DeBo)
+
+@dataclass(frozen=True)
+class CoformerPlan(SplitPlan):
+    """plan_coformer's answer: SplitPlan (options heads, cols, k) plus the predicted
+    accuracy drop (None without an accuracy model) and each device's predicted peak bytes."""
+
+    accuracy_drop: Optional[float] = None
+    memory_peak: tuple = ()
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "accuracy_drop": self.accuracy_drop,
+                "memory_peak_bytes": list(self.memory_peak)}
+
+
+def _drop_of(accuracy_drop, k: int, heads: tuple, cols: tuple):
+    """Predicted accuracy drop of (k, heads, cols): a callable's answer, or a table's entry
+    under (k, heads, cols) or k; None when a table has neither (unknown: not certified)."""
+    if accuracy_drop is None:
+        return None
+    if callable(accuracy_drop):
+        return float(accuracy_drop(k, heads, cols))
+    for key in ((k, tuple(heads), tuple(cols)), k):
+        if key in accuracy_drop:
+            return float(accuracy_drop[key])
+    return 0.0 if k == 1 else None           # k = 1 is tensor_parallel: exact
+
+
+def plan_coformer(shape: ModelShape, speeds: Sequence[float], *, memory: Optional[Sequence[float]] = None,
+                  bw: Optional[float] = None, batch: int = 1, latency_ms: float = 0.0,
+                  ks: Optional[Sequence[int]] = None, accuracy_drop=None,
+                  max_drop: Optional[float] = None) -> CoformerPlan:
+    """DeBo's first step for coformer: per-device sub-model widths (heads, MLP columns) and
+    the aggregation interval k that minimise predict_ms on devices of the given speeds
+    (FLOP/s, by rank), subject to
+      - memory: each device's predicted peak bytes (costmodel.memory.memory_peak: its
+        weights, activations and buffers) <= memory[r] (None: no limit);
+      - max_drop: predicted accuracy drop <= max_drop, from `accuracy_drop`, a callable
+        (k, heads, cols) -> drop or a table {k: drop} / {(k, heads, cols): drop} (a
+        table without the entry leaves that candidate out, except k = 1, exact).
+    ks: the k values tried (default 1 .. depth). Widths: every heads composition, columns
+    by local search from the split proportional to speed (as plan_splits). Ties within
+    0.5 % go to the larger k (fewer aggregations), then to heads closest to proportional."""
+    from costmodel.memory import memory_peak
+
+    speeds = tuple(float(s) for s in speeds)
+    p, L = len(speeds), shape.n_layers
+    if p < 2:
+        raise ValueError(f"{p} speeds; planning needs world_size >= 2")
+    if any(not s > 0 for s in speeds):
+        raise ValueError(f"speeds {list(speeds)} must all be > 0 FLOP/s")
+    if memory is not None and (len(memory) != p or any(not m > 0 for m in memory)):
+        raise ValueError(f"memory {list(memory)} must give {p} budgets > 0 (bytes)")
+    if max_drop is not None and accuracy_drop is None:
+        raise ValueError("max_drop needs accuracy_drop (a callable or a table of predicted drops)")
+    ks = list(range(1, L + 1)) if ks is None else [int(k) for k in ks]
+    if not ks or any(not 1 <= k <= L for k in ks):
+        raise ValueError(f"ks {ks} must be integers from 1 to depth {L}")
+    pred = lambda pl: predict_ms(pl, speeds, bw=bw, latency_ms=latency_ms)  # noqa: E731
+
+    def mk(heads, cols, k):
+        return make_plan("coformer", shape, world_size=p, batch=batch, heads=heads, cols=cols, k=k)
+
+    def over(pl):                # bytes over the memory budgets, summed over devices
+        if memory is None:
+            return 0.0
+        return sum(max(0.0, b - m) for b, m in zip(memory_peak(pl), memory))
+
+    def cost(heads, cols, k):
+        pl = mk(heads, cols, k)
+        drop = _drop_of(accuracy_drop, k, tuple(heads), tuple(cols))
+        bad = max_drop is not None and (drop is None or drop > max_drop)
+        return pred(pl) + over(pl) * 1e3 + (1e12 if bad else 0.0)
+
+    target = [shape.heads * s / sum(speeds) for s in speeds]
+    cands = []
+    for k in ks:
+        for heads in _compositions(shape.heads, p):
+            cols0 = split_proportional(shape.d_ff, speeds)
+            cols, v = _descend(cols0, 0, lambda c: cost(heads, c, k), _steps(shape.d_ff))
+            pl = mk(heads, cols, k)
+            drop = _drop_of(accuracy_drop, k, tuple(heads), tuple(cols))
+            if over(pl) > 0 or (max_drop is not None and (drop is None or drop > max_drop)):
+                continue
+            cands.append((pred(pl), k, tuple(heads), tuple(cols), drop, pl))
+    if not cands:
+        raise ValueError("no coformer split satisfies the constraints (memory budgets "
+                         f"{None if memory is None else list(memory)}, max_drop {max_drop})")
+    vmin = min(c[0] for c in cands)
+    dist = lambda hs: sum(abs(h - t) for h, t in zip(hs, target))  # noqa: E731
+    v, k, heads, cols, drop, pl = min((c for c in cands if c[0] <= vmin * 1.005),
+                                      key=lambda c: (-c[1], dist(c[2]), c[0]))
+    even = pred(mk(None, None, k))
+    return CoformerPlan("coformer", None, {"heads": heads, "cols": cols, "k": k}, v, speeds, even, pl,
+                        accuracy_drop=drop, memory_peak=tuple(memory_peak(pl)))
