@@ -150,4 +150,24 @@ def load_tables(root=None) -> tuple:
         rec, sk = read_table(p)
         records += rec
         skipped += sk
-    return records, skipped
+    return dedupe(records, skipped)
+
+
+def dedupe(records: list, skipped: list) -> tuple:
+    """One record per setting (model, strategy, P, cr, k, finetuned, variant): a setting
+    measured in two tables (finetuned_accuracy.json re-measures the base rows beside the
+    fine-tuned ones) keeps the first; a fine-tuning card's own figures (from the emulated
+    forward) give way to a table row measured on GLOO ranks."""
+    def key(r):
+        return (r["model"], r["strategy"], r["world_size"], r["cr"], r["k"], r["finetuned"], r["variant"])
+
+    is_card = {id(r): r.get("exact") is not None and r["finetuned"] and r["source"].endswith(".json")
+               and "/" in r["source"] and r["source"].split("/")[-2] == "finetuned" for r in records}
+    best: dict = {}
+    for r in records:
+        k = key(r)
+        if k not in best or (is_card[id(best[k])] and not is_card[id(r)]):
+            best[k] = r
+    kept = {id(r) for r in best.values()}
+    dropped = [(r["source"], f"duplicate of {best[key(r)]['source']}") for r in records if id(r) not in kept]
+    return [r for r in records if id(r) in kept], list(skipped) + dropped
