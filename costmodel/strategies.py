@@ -232,13 +232,10 @@ class HeadColumnSplit(Formula):
     collectives_per_block = 2
 
     def _units(self, shape, world_size, heads, cols):
-        """Grouped-query attention: a device holds whole K/V groups (heads / kv_heads query
-        heads each); by default the K/V heads are split evenly."""
+        """GQA: a device holds whole K/V groups of g query heads (default: K/V heads even)."""
         g = shape.heads // (shape.kv_heads or shape.heads)
-        if heads is None and g > 1:
-            hs = tuple(g * k for k in units_split(None, shape.kv_heads, world_size, "kv heads"))
-        else:
-            hs = units_split(heads, shape.heads, world_size, "heads")
+        hs = (tuple(g * k for k in units_split(None, shape.kv_heads, world_size, "kv heads"))
+              if heads is None and g > 1 else units_split(heads, shape.heads, world_size, "heads"))
         if any(h % g for h in hs):
             raise ValueError(f"heads split {list(hs)}: {shape.name!r} shares each K/V head among {g} "
                              f"query heads (grouped-query attention); heads per device must be multiples of {g}")
@@ -289,14 +286,11 @@ class HeadColumnSplit(Formula):
         return f * plan.batch
 
     def _embed_share(self, plan, rank) -> float:
-        """Share of embed_flops device `rank` runs. All rows on every device: a ViT's patch
-        projection everywhere, but a decoder's per-position LM head (carried in embed_flops
-        with head_flops 0, as gpt2_shape / llama_shape and costmodel.memory read it) on
-        device 0 only, where the runner applies the head; else pro rata to own rows."""
+        """All rows everywhere: a ViT's patch projection on every device, a decoder's LM head
+        (embed_flops with head_flops 0, as costmodel.memory reads it) on device 0 only."""
         if not self.embed_all_rows:
             return plan.sizes[rank] / plan.shape.seq_len
-        per_position_head = plan.shape.embed_flops and not plan.shape.head_flops
-        return 1.0 if rank == 0 or not per_position_head else 0.0
+        return 1.0 if rank == 0 or not (plan.shape.embed_flops and not plan.shape.head_flops) else 0.0
 
     def extra_dict(self, plan):
         return {"heads": list(plan.heads_split), "cols": list(plan.cols_split),
