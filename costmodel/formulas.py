@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 COLLECTIVES = ("native", "pairwise")
 EXCHANGE_MODES = ("pairwise", "allgather")
+PRISM_AVERAGED = ("output", "ln1", "kv")    # Prism's averaged tensor (runtime/parallel/prism.py)
 
 
 @dataclass(frozen=True)
@@ -286,9 +287,8 @@ def segment_sizes(rows: int, m: int) -> list[int]:
 
 
 def resolve_m(lp: int, *, cr: float | None = None, m: int | None = None) -> tuple[int, float]:
-    """Segment means per device from either cr or m, for lp = L_p tokens per device
-    (ceil(N/P) for an even split). Returns (m, cr) with CR = L_p / m and
-    m = round(L_p / CR), at least 1."""
+    """Segment means per device from either cr or m, for lp = L_p tokens per device (ceil(N/P)
+    for an even split): (m, cr) with CR = L_p / m and m = round(L_p / CR), at least 1."""
     if (cr is None) == (m is None):
         raise ValueError("prism needs exactly one of cr or m")
     if cr is not None:
@@ -300,17 +300,17 @@ def resolve_m(lp: int, *, cr: float | None = None, m: int | None = None) -> tupl
     return m, lp / m
 
 
-def means_per_device(sizes: Sequence[int], m: int) -> list[int]:
-    """m clamped to each device's own row count (an uneven part smaller than m sends
-    one mean per row, i.e. its exact rows)."""
-    return [min(m, s) for s in sizes]
+def prism_row_width(shape: ModelShape, averaged: str | None) -> int:
+    """Plan.row_width of a Prism plan: 0 (d, a block input: "output" / "ln1") or 2 kv_dim ("kv")."""
+    if averaged not in (None, *PRISM_AVERAGED):
+        raise ValueError(f"unknown averaged tensor {averaged!r}; known: {list(PRISM_AVERAGED)}")
+    return 2 * shape.kv_dim if averaged == "kv" else 0
 
 
 def prism_segments(sizes: Sequence[int], m: int, prefix: int = 0) -> list[list[int]]:
-    """Each device's Prism segment sizes (rows per mean). Device 0's `prefix` tokens (a
-    ViT's CLS / distillation / register rows) travel as themselves, one segment each;
-    every device's other rows are cut into min(m, rows) tensor_split segments. Without
-    prefix tokens: segment_sizes(s, min(m, s)) per device."""
+    """Each device's Prism segment sizes (rows per mean): device 0's `prefix` tokens (a ViT's
+    CLS / distillation / register rows) one segment each, as themselves; every device's other
+    rows min(m, rows) tensor_split segments (no prefix: segment_sizes(s, min(m, s)))."""
     if prefix > sizes[0]:
         raise ValueError(f"device 0 holds {sizes[0]} rows, fewer than the model's {prefix} "
                          "prefix tokens (CLS / registers), which live on device 0")
@@ -358,7 +358,9 @@ class Plan:
     tiles: int = 1                                      # galaxy: row tiles per message
     layers_split: tuple[int, ...] = field(default=())   # pipeline: blocks per device (stage)
     microbatches: int = 1                               # pipeline: micro-batches per pass
+    row_width: int = 0              # floats per exchanged row (0: d; prism averaged="kv": 2 kv_dim)
     formula: Any = field(default=None, compare=False, repr=False)
+    width = property(lambda self: self.row_width or self.shape.d)   # floats per exchanged row
 
     @property
     def n_exchanges(self) -> int:
@@ -430,10 +432,11 @@ class Plan:
 
 
 def comm_reduction(plan: Plan) -> float:
-    """Fraction of Voltage's traffic that Prism saves on the same partition: 1 - m/L_p."""
+    """Fraction of Voltage's traffic that Prism saves on the same partition: 1 - m/L_p
+    (times width / d: averaged="kv" sends 2 kv_dim floats per mean, not d)."""
     if not plan.formula.compresses:
         raise ValueError(f"comm_reduction applies to a compressing plan (prism), not {plan.strategy!r}")
-    return 1.0 - plan.m / max(plan.sizes)
+    return 1.0 - plan.m * plan.width / (max(plan.sizes) * plan.shape.d)
 
 
 # --------------------------------------------------------------------------- head / column splits

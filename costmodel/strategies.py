@@ -18,12 +18,12 @@ is derived from this registry and the runtime's; adding a strategy is one Formul
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from .formulas import (COLLECTIVES, EXCHANGE_MODES, ModelShape, Plan, block_flops, check_partition,
-                       check_prefix, even_partition, prism_segments, resolve_m, ring_allreduce_bytes, rs_ag_rows,
-                       tp_block_flops, units_split)
+                       check_prefix, even_partition, prism_row_width, prism_segments, resolve_m,
+                       ring_allreduce_bytes, rs_ag_rows, tp_block_flops, units_split)
 
 _FORMULAS: dict = {}
 
@@ -144,20 +144,20 @@ class Formula:
     def comm_bytes(self, plan: Plan, rank: int) -> int:
         if plan.n_exchanges == 0:
             return 0
-        return ((plan.world_size - 1) * plan.rows_per_message(rank) * plan.shape.d * plan.elem_bytes
+        return ((plan.world_size - 1) * plan.rows_per_message(rank) * plan.width * plan.elem_bytes
                 * plan.batch * plan.n_exchanges)
 
     def recv_bytes(self, plan: Plan, rank: int) -> int:
         if plan.n_exchanges == 0:
             return 0
         rows = sum(plan.rows_per_message(q) for q in range(plan.world_size) if q != rank)
-        return rows * plan.shape.d * plan.elem_bytes * plan.batch * plan.n_exchanges
+        return rows * plan.width * plan.elem_bytes * plan.batch * plan.n_exchanges
 
     def staged_bytes(self, plan: Plan, rank: int) -> int:
         if plan.n_exchanges == 0:
             return 0
         rows = sum(plan.rows_sent(q) for q in range(plan.world_size))
-        return rows * plan.shape.d * plan.elem_bytes * plan.batch * plan.n_exchanges
+        return rows * plan.width * plan.elem_bytes * plan.batch * plan.n_exchanges
 
     def flops(self, plan: Plan, rank: int, *, embed: bool = True, head: bool = True) -> float:
         s = plan.shape
@@ -194,21 +194,22 @@ class Voltage(Formula):
 
 
 class Prism(Formula):
-    """Segment means: each device sends m means of its rows (CR = L_p / m, L_p the largest
-    part); K/V rows per device = own rows + every peer's means."""
+    """Segment means: each device sends m means of its rows (CR = L_p / m, L_p the largest part);
+    K/V rows per device = own rows + every peer's means ("kv": means of K and V, 2 kv_dim floats)."""
 
-    name, label, options, compresses = "prism", "Prism", ("cr", "m"), True
+    name, label, options, compresses = "prism", "Prism", ("cr", "m", "averaged"), True
     candidates = (3.3, 4.95, 9.9)
 
-    def make_plan(self, shape, *, world_size, batch, partition, exchange, elem_bytes, cr=None, m=None):
-        base = super().make_plan(shape, world_size=world_size, batch=batch, partition=partition,
-                                 exchange=exchange, elem_bytes=elem_bytes)
-        sizes = base.sizes
-        m, cr = resolve_m(max(sizes), cr=cr, m=m)
-        ms = [len(g) for g in prism_segments(sizes, m, shape.prefix_tokens)]
-        kv = tuple(sizes[p] + sum(ms[q] for q in range(world_size) if q != p) for p in range(world_size))
-        return Plan("prism", shape, world_size, batch, sizes, m=m, cr=cr, kv_rows=kv,
-                    exchange=exchange, elem_bytes=elem_bytes, formula=self)
+    def make_plan(self, shape, *, cr=None, m=None, averaged=None, **kw):
+        base = super().make_plan(shape, **kw)
+        m, cr = resolve_m(max(base.sizes), cr=cr, m=m)
+        ms = [len(g) for g in prism_segments(base.sizes, m, shape.prefix_tokens)]
+        kv = tuple(base.sizes[p] + sum(ms) - ms[p] for p in range(base.world_size))
+        return replace(base, m=m, cr=cr, kv_rows=kv, row_width=prism_row_width(shape, averaged))
+
+    def flops(self, plan, rank, *, embed=True, head=True):     # "kv": peers' means arrive projected
+        r = (plan.kv_rows[rank] - plan.sizes[rank]) * plan.batch * plan.shape.n_layers * bool(plan.row_width)
+        return super().flops(plan, rank, embed=embed, head=head) - 4 * r * plan.shape.d * plan.shape.kv_dim
 
     def rows_sent(self, plan, rank):
         return len(prism_segments(plan.sizes, plan.m, plan.shape.prefix_tokens)[rank])
