@@ -14,7 +14,9 @@ adapter surface.
 RoPE with each partition's absolute positions: the runner binds the global positions of
 a device's own rows and of the remote K/V columns a strategy hands `block` (Voltage: the
 peers' rows; Prism: one per mean, its segment's centroid) before the blocks run
-(`bind_positions`); queries and keys are rotated at those positions. Grouped-query
+(`bind_positions`); queries and keys are rotated at those positions. `kv_rows(i, x)` gives
+block i's rotated keys and values of rows x (Prism averaged="kv" averages them; the means
+then enter `block(remote_kv=...)` as K/V columns, neither projected nor rotated again). Grouped-query
 attention: K/V have kv_heads heads, each shared by heads / kv_heads query heads. The
 partition-aware causal mask and the per-position LM head are GPT-2's (causal = True,
 head_per_position = True).
@@ -131,19 +133,39 @@ class HFLlamaAdapter(CausalLMAdapter):
     def kv_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
         return self.blocks[i].input_layernorm(x)
 
+    def _own_positions(self, L: int) -> torch.Tensor:
+        return self._own if self._own is not None and len(self._own) == L else torch.arange(L)
+
+    def kv_rows(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Block i's keys (rotated at the rows' bound global positions) and values of rows
+        x: (B, L, 2 kv_dim), [K | V], each kv_heads x head_dim wide. Prism's averaged="kv"
+        averages these per segment; `block(remote_kv=...)` takes them unprojected."""
+        ly, (B, L, _) = self.blocks[i], x.shape
+        h = ly.input_layernorm(x)
+        k = ly.self_attn.k_proj(h).view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = self._cos_sin(self._own_positions(L), h)
+        k = _rope(k, cos, sin).transpose(1, 2).reshape(B, L, -1)
+        return torch.cat([k, ly.self_attn.v_proj(h)], dim=-1)
+
     def block(self, i: int, x: torch.Tensor, remote: Optional[torch.Tensor] = None,
-              bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+              bias: Optional[torch.Tensor] = None, *, remote_kv: Optional[torch.Tensor] = None,
+              own_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """remote: peers' K/V inputs (projected here, keys rotated at the bound remote
+        positions); remote_kv: peers' K/V columns as kv_rows gives them (used as they are);
+        own_kv: kv_rows(i, x) already computed (not recomputed)."""
         ly = self.blocks[i]
         at = ly.self_attn
         B, L, _ = x.shape
         H, Hkv, Dh = self.heads, self.kv_heads, self.head_dim
-        own = self._own if self._own is not None and len(self._own) == L else torch.arange(L)
         h = ly.input_layernorm(x)
         q = at.q_proj(h).view(B, L, H, Dh).transpose(1, 2)
-        k = at.k_proj(h).view(B, L, Hkv, Dh).transpose(1, 2)
-        v = at.v_proj(h).view(B, L, Hkv, Dh).transpose(1, 2)
-        cos, sin = self._cos_sin(own, h)
-        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        cos, sin = self._cos_sin(self._own_positions(L), h)
+        q = _rope(q, cos, sin)
+        if own_kv is None:
+            k = _rope(at.k_proj(h).view(B, L, Hkv, Dh).transpose(1, 2), cos, sin)
+            v = at.v_proj(h).view(B, L, Hkv, Dh).transpose(1, 2)
+        else:
+            k, v = self._split_kv(own_kv)
         if remote is not None:
             R = remote.shape[1]
             if self._remote is None or len(self._remote) != R:
@@ -153,11 +175,20 @@ class HFLlamaAdapter(CausalLMAdapter):
             vr = at.v_proj(remote).view(B, R, Hkv, Dh).transpose(1, 2)
             cr, sr = self._cos_sin(self._remote, remote)
             k, v = torch.cat([k, _rope(kr, cr, sr)], dim=2), torch.cat([v, vr], dim=2)
+        if remote_kv is not None:
+            kr, vr = self._split_kv(remote_kv)
+            k, v = torch.cat([k, kr], dim=2), torch.cat([v, vr], dim=2)
         if H != Hkv:
             k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=at.scaling)
         x = x + at.o_proj(out.transpose(1, 2).reshape(B, L, H * Dh))
         return x + ly.mlp(ly.post_attention_layernorm(x))
+
+    def _split_kv(self, kv: torch.Tensor):
+        """(B, R, 2 kv_dim) [K | V] -> K, V as (B, kv_heads, R, head_dim)."""
+        B, R, _ = kv.shape
+        k, v = kv.view(B, R, 2, self.kv_heads, self.head_dim).unbind(2)
+        return k.transpose(1, 2), v.transpose(1, 2)
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.base.norm(x)

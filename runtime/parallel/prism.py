@@ -12,11 +12,11 @@ from typing import Optional
 
 import torch
 
-from costmodel.formulas import prism_segments, segment_sizes
+from costmodel.formulas import PRISM_AVERAGED, prism_segments, segment_sizes
 from ..models.masks import prism_masks
 from .base import Strategy, opt, register_strategy
 
-AVERAGED = ("output", "ln1")
+AVERAGED = PRISM_AVERAGED      # ("output", "ln1", "kv"); the cost model's bytes follow it
 
 
 def segment_mean_matrix(rows, m: Optional[int] = None, dtype=torch.float32,
@@ -53,7 +53,11 @@ class Prism(Strategy):
     """cr or m: compression (CR = L_p / m, L_p = ceil(N/P)).
     log_bias: the count-weighted softmax (switch off to measure its effect).
     averaged: "output" (block input = previous block output; receivers apply norm1 to
-              the means) or "ln1" (means of norm1 output; K/V of a mean = mean of K/V)."""
+              the means), "ln1" (means of norm1 output; K/V of a mean = mean of K/V) or
+              "kv" (means of each row's key, rotated at its own position, and value: 2 kv_dim
+              floats per mean, used by receivers as K/V columns as they are; adapters with
+              `kv_rows` only, i.e. Llama / Qwen2. Without rotary positions K/V are linear in
+              the norm1 output, so "kv" would equal "ln1"; docs/method.md)."""
 
     emulated = True
 
@@ -71,7 +75,7 @@ class Prism(Strategy):
             raise ValueError("prism needs exactly one of cr or m (e.g. --cr 9.9 or --m 10)")
 
     def plan_options(self):
-        return {"cr": self.cr, "m": self.m}
+        return {"cr": self.cr, "m": self.m, "averaged": self.averaged}
 
     @classmethod
     def exact_options(cls, seq_len, world_size):
@@ -79,6 +83,10 @@ class Prism(Strategy):
         return {"m": -(-seq_len // world_size)}
 
     def prepare(self, adapter, ctx, plan):
+        if self.averaged == "kv" and not hasattr(adapter, "kv_rows"):
+            raise ValueError(f"prism averaged='kv' needs an adapter with kv_rows (Llama / Qwen2); "
+                             f"{getattr(adapter, 'name', type(adapter).__name__)!r} has none (its K/V "
+                             "are linear in norm1's output: use averaged='ln1', the same means)")
         ms = [plan.rows_sent(q) for q in range(ctx.world_size)]
         segs = _segments(plan)
         rows = plan.sizes[ctx.rank]
@@ -101,7 +109,10 @@ class Prism(Strategy):
 
     def remote_positions(self, run):
         """A mean's position is its segment's centroid (first + (s - 1) / 2): the position
-        a rotary model rotates the mean's key at (exact when s = 1; docs/method.md)."""
+        a rotary model rotates the mean's key at (exact when s = 1; docs/method.md). None
+        for "kv": those means arrive rotated."""
+        if self.averaged == "kv":
+            return None
         segs, r = _segments(run.plan), run.ctx.rank
         out, a = [], 0
         for q, sizes in enumerate(segs):
@@ -117,8 +128,10 @@ class Prism(Strategy):
             with timer.phase("compute"):
                 return ad.block(i, x, None, run.bias)
         mk = run.masks
+        kv = self.averaged == "kv"
         with timer.phase("compute"):
-            src = x if self.averaged == "output" else ad.kv_input(i, x)
+            own_kv = ad.kv_rows(i, x) if kv else None
+            src = own_kv if kv else x if self.averaged == "output" else ad.kv_input(i, x)
             if mk is not None and mk.weights is not None:   # means over valid rows only
                 means = torch.matmul(mk.weights.to(src.dtype), src)
             else:
@@ -126,6 +139,9 @@ class Prism(Strategy):
         parts = ex.exchange(means, st.means_rows)
         with timer.phase("compute"):
             remote = torch.cat([p for q, p in enumerate(parts) if q != ctx.rank], dim=1)
+            bias = st.bias if mk is None else mk.bias
+            if kv:
+                return ad.block(i, x, None, bias, remote_kv=remote, own_kv=own_kv)
             if self.averaged == "output":
                 remote = ad.kv_input(i, remote)
-            return ad.block(i, x, remote, st.bias if mk is None else mk.bias)
+            return ad.block(i, x, remote, bias)
