@@ -64,14 +64,15 @@ def test_pipeline_microbatches_bound_activations():
     one = make_plan("pipeline", VIT_S, world_size=2, batch=32, microbatches=1)
     many = make_plan("pipeline", VIT_S, world_size=2, batch=32, microbatches=8)
     assert activation_bytes(many, 1) < activation_bytes(one, 1)
-    assert buffer_bytes(many, 0) == buffer_bytes(one, 0) == 2 * one.comm_bytes(0)
+    # every micro-batch's receive is posted up front: B N d whatever the micro-batching
+    assert buffer_bytes(many, 0) == buffer_bytes(one, 0) == one.comm_bytes(0)
 
 
 def test_buffers_and_staging():
     s = make_plan("single", VIT_S, world_size=1, batch=4)
     assert buffer_bytes(s, 0) == 0
     v = make_plan("voltage", VIT_S, world_size=2, batch=4)
-    assert buffer_bytes(v, 0) == 2 * v.recv_bytes(0) // v.n_exchanges
+    assert buffer_bytes(v, 0) == v.recv_bytes(0) // v.n_exchanges      # one exchange's receive buffers
     assert buffer_bytes(v, 0, staging=True) > buffer_bytes(v, 0)
 
 

@@ -62,6 +62,48 @@ def _print_table(rows, file=sys.stdout):
               f"{(1 - r['total_ms'] / base_s) * 100:>10.1f}%", file=file)
 
 
+def memory_budget_case(cm, model_name, seq_len: int, batch: int, bw: float,
+                       candidates=(("single", None), ("voltage", None), ("prism", 9.9))) -> dict:
+    """The decision hook under a per-device memory budget, from the fitted cost model and
+    costmodel.memory (no extra runs): the budget is set halfway between single's predicted
+    peak and the largest device peak of the distributed candidates at `batch`, so one
+    device cannot hold the job (single does not fit) and the hook picks the fastest mode
+    that does. Returns the budget, every candidate's per-device peaks, predicted latency
+    and whether it fits, and the choice."""
+    import warnings
+
+    from costmodel.decision import DecisionTable
+
+    kw = dict(candidates=list(candidates), seq_len=seq_len, batches=(batch,), bws=(bw,),
+              world_size=2, model_name=model_name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        free = DecisionTable(cm, **kw)
+        peaks = {lab: free._peak_mb(s, c, batch) for (s, c), lab in zip(free.candidates, free.labels)}
+        dist = [max(v) for lab, v in peaks.items() if lab != "single"]
+        budget = round((max(peaks["single"]) + max(dist)) / 2, 1)
+        d = DecisionTable(cm, max_memory_mb=[budget, budget], **kw).choose(batch, bw)
+        unbudgeted = free.choose(batch, bw)["mode"]
+    rows = [{"mode": lab, "peak_mb": [round(v, 2) for v in peaks[lab]],
+             "fits": all(v <= budget for v in peaks[lab]),
+             "latency_ms": free.choose(batch, bw)["predicted"][lab]["latency_ms"]} for lab in free.labels]
+    return {"batch": batch, "bw": bw, "max_memory_mb": budget, "rows": rows, "chosen": d["mode"],
+            "chosen_without_budget": unbudgeted}
+
+
+def _print_memory_case(m, file=sys.stdout):
+    print(f"\nMemory budget {m['max_memory_mb']:g} MB per device (batch {m['batch']}, "
+          f"{m['bw']:g} Mbit/s; cost model + costmodel.memory):", file=file)
+    hdr = f"{'mode':<16}{'peak MB per device':>22}{'fits':>6}{'predicted ms':>14}"
+    print(hdr, file=file)
+    print("-" * len(hdr), file=file)
+    for r in m["rows"]:
+        mark = "  <- chosen" if r["mode"] == m["chosen"] else ""
+        print(f"{r['mode']:<16}{' / '.join(f'{v:.1f}' for v in r['peak_mb']):>22}"
+              f"{'yes' if r['fits'] else 'no':>6}{r['latency_ms']:>14.1f}{mark}", file=file)
+    print(f"  without the budget the hook picks {m['chosen_without_budget']}", file=file)
+
+
 def main(a, argv) -> int:
     import tempfile
 
@@ -118,6 +160,7 @@ def main(a, argv) -> int:
     sc = cm.score(pm)
     say(f"   in-sample latency median APE {sc['latency']['median_ape']:.1f} %, "
         f"within 10 %: {sc['latency']['within_10pct']:.0%}")
+    mem_case = memory_budget_case(cm, None, None, max(stream), a.bw_high)   # the fitted model's shape
 
     say(f"== 3/4 request stream: {len(stream)} batches at {a.bw_high:g} Mbit/s, "
         f"then the link drops to {a.bw_low:g} Mbit/s for {len(stream)} more")
@@ -172,6 +215,7 @@ def main(a, argv) -> int:
     for r in summary:
         r["policy"] = r["policy"] if r["policy"] != "prism (cr 9.9)" else "prism"
     _print_table(summary)
+    _print_memory_case(mem_case)
     ad_rows = [r for r in results["adaptive"] if r.get("event") == "request"]
     modes = {}
     for r in ad_rows:
@@ -182,7 +226,7 @@ def main(a, argv) -> int:
         say(f"  {phase}: " + "; ".join(f"{k}: {sorted(v)}" for k, v in m.items()))
     doc = {"schema_version": 1, "link": link, "perfmap": pm_path, "costmodel": cm_path,
            "stream": full_stream, "bw_high": a.bw_high, "bw_low": a.bw_low, "summary": summary,
-           "requests": results, "duration_s": time.time() - t_start}
+           "requests": results, "memory_budget": mem_case, "duration_s": time.time() - t_start}
     atomic_write_text(os.path.join(a.out, "demo.json"), json.dumps(doc, indent=1))
     try:
         _plots(a.out, results, stream, a)
