@@ -5,10 +5,11 @@ cost model's memory model (costmodel.memory; torch-free). Prints markdown.
 
 Per device peak = weights held + live activations + exchange buffers (fused attention,
 fp32, no Jetson staging copies), for single (one device), voltage, prism (CR 9.9),
-tensor_parallel, galaxy and pipeline at P devices. ViTs take the image size whose token
+tensor_parallel, galaxy, pipeline and coformer (its default k = depth: one aggregation)
+at P devices. ViTs take the image size whose token
 count is nearest the target N (N = (img / patch)^2 + 1: 197, 530, 1025); BERT-large has
 512 positions (N = 1024 is n/a). Then the CoFormer comparison: GPT2-XL per-device
-weights of pipeline / tensor_parallel vs single at P = 2, 3, 4.
+weights and peaks of every strategy vs single at P = 2, 3, 4 (coformer too).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from costmodel.formulas import bert_shape, gpt2_shape, vit_shape
 from costmodel.memory import memory_breakdown, peak_for
 from costmodel.strategies import make_plan
 
-STRATEGIES = ("single", "voltage", "prism", "tensor_parallel", "galaxy", "pipeline")
+STRATEGIES = ("single", "voltage", "prism", "tensor_parallel", "galaxy", "pipeline", "coformer")
 CR = 9.9
 NS = (197, 512, 1024)
 BATCHES = (1, 8, 32)
@@ -90,7 +91,7 @@ def coformer_table() -> str:
              f"(peak {single['peak'] / 1e9:.2f} GB). Largest device vs single:", "",
              "| strategy | P | weights / device GB (max) | vs single | peak / device GB (max) | vs single |",
              "|---|---|---|---|---|---|"]
-    for s in ("pipeline", "tensor_parallel", "galaxy", "voltage", "prism"):
+    for s in ("pipeline", "tensor_parallel", "galaxy", "coformer", "voltage", "prism"):
         for p in (2, 3, 4):
             opts = {"cr": CR} if s == "prism" else {}
             plan = make_plan(s, shape, world_size=p, batch=1, **opts)

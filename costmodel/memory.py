@@ -358,7 +358,7 @@ def _pipeline(plan: Plan, rank: int, math_attn: bool) -> list:
             pts.append(("block", emb + done * n * d + per * mb + mask, recv))
             done += mb
     else:
-        pts.append(("forward", 0.0, recv))            # forwards what it receives
+        pts.append(("forward", mask, recv))           # forwards what it receives (masks still built)
     if rank == 0:
         out = _head_out(s, n) * B
         norms = 0 if fam == "bert" else B * n * d
