@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_memory.py [--quick] [--out benchmarks/results/bench_memory.json]
 
-Every registered strategy over ViT-S/16 (depth 2, 3, 4), BERT-base (depth 2, N = 128) and
+Every registered strategy (coformer included; refusals listed) over ViT-S/16 (depth 2, 3, 4), BERT-base (depth 2, N = 128) and
 GPT-2 (depth 2, N = 64) at batch 1, 8, 32 on P = 2 and 3 GLOO ranks (one spawn per P;
 single runs on rank 0 of the P = 2 spawn). Each rank: one warm-up forward, then one
 forward under runtime.measure.memory.measure_peak (CPU: torch.profiler's [memory]
