@@ -142,3 +142,20 @@ def test_card_for_another_model_is_refused(tmp_path, digits):
         build_adapter(ModelSpec("vit_tiny_patch16_224", checkpoint=str(tmp_path / "c.json")))
     with pytest.raises(ValueError, match="img-size 64"):
         build_adapter(ModelSpec("test_vit", img_size=64, checkpoint=str(tmp_path / "c.json")))
+
+
+SHIPPED = sorted(__import__("glob").glob("data/fidelity/finetuned/vit_digits_p*_cr*.json"))
+
+
+@pytest.mark.parametrize("card", SHIPPED, ids=[c.split("/")[-1] for c in SHIPPED])
+def test_shipped_vit_cards_reproduce_their_accuracy(card):
+    """The shipped weights load through --checkpoint CARD.json and give, under the
+    card's own (P, CR), the accuracy the card records (same emulated forward, same data)."""
+    from runtime.train.finetune import StrategyForward
+
+    meta = json.loads(open(card).read())
+    ad = build_adapter(ModelSpec("test_vit", checkpoint=card))
+    fwd = StrategyForward(ad, meta["strategy"], meta["world_size"], meta["options"])
+    got = get_task("digits").evaluate(fwd, ad)
+    assert got["accuracy"] == pytest.approx(meta["after"]["accuracy"], abs=1e-6)
+    assert meta["after"]["accuracy"] > meta["before"]["accuracy"]
