@@ -27,9 +27,11 @@ def _adapter(fam="vit", seed=5, **kw):
 
 def _gloo(rank, world, cases, weights):
     """(family, strategy, options) on real ranks: features, logits, bytes, formula bytes."""
-    out = []
+    out, ads = [], {}
     for fam, name, opts in cases:
-        ad = _adapter(fam, **({"depth": 4} if fam == "vit" else {}))
+        if fam not in ads:
+            ads[fam] = _adapter(fam, **({"depth": 4} if fam == "vit" else {}))
+        ad = ads[fam]
         x = ad.make_inputs(2, seed=3)
         run_opts = dict(opts, weights=weights) if opts.get("weights") == "CAL" else opts
         res = create_strategy(name, **run_opts).apply(ad, DistContext(rank, world), 2)(x, features=True)
