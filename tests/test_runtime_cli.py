@@ -111,3 +111,17 @@ def test_tensor_parallel_flags_reach_the_strategy(tmp_path, strategy, extra):
     res = json.loads(r.stdout)
     assert res["ranks"][0]["comm_bytes"] == res["analytical"]["comm_bytes"][0]
     np.testing.assert_allclose(np.load(out), np.load(ref), atol=1e-4, rtol=1e-4)
+
+
+def test_every_command_has_a_help_page():
+    """argparse formats every command's usage (a mutually exclusive group left empty once
+    broke `run --help` on Python 3.11)."""
+    import argparse
+
+    from runtime.cli import COMMANDS, _parser
+
+    ap = _parser()
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    for name in COMMANDS:
+        text = sub.choices[name].format_help()
+        assert text.startswith("usage:"), name

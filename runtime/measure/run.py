@@ -242,10 +242,12 @@ def add_strategy_args(p: argparse.ArgumentParser) -> None:
         choices = f" ({' | '.join(md['choices'])})" if md.get("choices") else ""
         kw["help"] = f"{who}: {md.get('help', '')}{choices}"
         target = p
-        if md.get("exclusive"):
-            target = excl.setdefault(md["exclusive"], p.add_mutually_exclusive_group())
-        elif oname in {m.metadata.get("exclusive") for m, _ in seen.values()}:
-            target = excl.setdefault(oname, p.add_mutually_exclusive_group())
+        key = md.get("exclusive") or (oname if oname in {m.metadata.get("exclusive")
+                                                         for m, _ in seen.values()} else None)
+        if key is not None:
+            if key not in excl:        # (setdefault would create an empty group each time)
+                excl[key] = p.add_mutually_exclusive_group()
+            target = excl[key]
         target.add_argument(flag, *md.get("aliases", ()), **kw)
 
 
