@@ -76,6 +76,10 @@ def main(a, argv=None) -> int:
         task.check(ad)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if a.strategy == "coformer":
+        card = calibrate_coformer(ad, task, a, opts)
+        print(json.dumps(card, indent=1))
+        return 0
     base = {"name": ad.name, "family": ad.family,
             "spec": spec_record(spec, os.path.dirname(os.path.abspath(a.out)))}
     card = finetune(ad, task, world_size=a.world_size, strategy=a.strategy, options=opts,
@@ -83,3 +87,33 @@ def main(a, argv=None) -> int:
                     out=a.out, base=base, progress=not a.no_progress)
     print(json.dumps(card, indent=1))
     return 0
+
+
+def calibrate_coformer(ad, task, a, opts) -> dict:
+    """`finetune --strategy coformer`: CoFormer's sub-models are calibrated
+    (runtime/parallel/coformer_calib.py: progressive, then end to end) rather than the
+    parent fine-tuned; the task's training inputs are the data, its metric is measured
+    before and after through the emulated forward."""
+    from ..parallel.coformer_calib import calibrate
+    from .finetune import StrategyForward
+
+    inputs = getattr(task, "train_inputs", lambda: None)()
+    if inputs is None:
+        raise UsageError(f"--strategy coformer calibrates on image inputs; task {a.task!r} has none "
+                         "(allowed: digits)")
+    if opts.get("weights"):
+        raise UsageError("--weights: calibration writes --out; start from the parent's weights")
+    before = task.evaluate(StrategyForward(ad, "coformer", a.world_size, opts), ad)
+    cal = calibrate(ad, a.world_size, opts.get("k"), opts.get("heads"), opts.get("cols"),
+                    steps=a.steps, data=inputs, batch=a.batch, seed=a.seed,
+                    assign=opts.get("assign") or "importance", data_name=task.data,
+                    parent=a.checkpoint or a.model, progress=not a.no_progress)
+    cal.save(a.out)
+    after = task.evaluate(StrategyForward(ad, "coformer", a.world_size, {**opts, "weights": a.out}), ad)
+    card_path = a.out[:-len(".safetensors")] + ".json"
+    with open(card_path) as f:
+        card = json.load(f)
+    card.update(task=task.name, metric=task.metric, before=before, after=after)
+    from costmodel.perfmap import atomic_write_text
+    atomic_write_text(card_path, json.dumps(card, indent=1) + "\n")
+    return card

@@ -104,6 +104,10 @@ class Digits(Task):
     def loss(self, out, target, teacher=None):
         return F.cross_entropy(out.logits, target)
 
+    def train_inputs(self) -> torch.Tensor:
+        """The training images (CoFormer calibration distils on inputs alone)."""
+        return self.split[0]
+
     def evaluate(self, forward, adapter, teacher=None):
         xte, yte = self.split[2], self.split[3]
         with torch.no_grad():
