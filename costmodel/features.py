@@ -40,7 +40,7 @@ import numpy as np
 from .formulas import ModelShape
 from .strategies import find_formula, get_formula, list_strategies, make_plan
 
-TP_OPTIONS = ("heads", "cols", "collective", "tiles")
+TP_OPTIONS = ("heads", "cols", "collective", "tiles", "k")   # k: coformer's blocks per aggregation
 
 
 def __getattr__(name):
@@ -107,7 +107,8 @@ def tp_is_default(strategy: str, shape: ModelShape, world_size: int, opts) -> bo
     except ValueError:
         return False
     b = make_plan(strategy, shape, world_size=int(world_size))
-    return all(getattr(a, k) == getattr(b, k) for k in ("heads_split", "cols_split", "collective", "tiles"))
+    return all(getattr(a, k, None) == getattr(b, k, None)
+               for k in ("heads_split", "cols_split", "collective", "tiles", "k"))
 
 
 def per_sample(strategy: str, shape: ModelShape, world_size: int, cr: float | None,

@@ -63,7 +63,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import QueryError, physics, physics_one
+from .features import TP_OPTIONS, QueryError, physics, physics_one
 from .formulas import FAMILY_SHAPES, KNOWN_SHAPES, ModelShape, named_shape, shape_extras, shape_from_entry
 from .strategies import find_formula, get_formula, list_strategies, mode_label
 from .perfmap import PerfMap, PerfMapError, atomic_write_text, load_perfmap, record_latency_ms
@@ -205,7 +205,7 @@ def record_tp_options(r: dict) -> dict | None:
     collective, tiles); None (the runtime defaults) when it states none."""
     if r["strategy"] not in list_strategies(splits_weights=True):
         return None
-    o = {k: r[k] for k in ("heads", "cols", "collective", "tiles") if r.get(k) is not None}
+    o = {k: r[k] for k in TP_OPTIONS if r.get(k) is not None}
     return o or None
 
 
