@@ -10,7 +10,9 @@ tokens (the tail that does not fill a chunk is dropped). Each chunk is one seque
 GLOO ranks hold contiguous position ranges and every rank scores the next-token
 predictions of its own positions (the last position of a chunk has no target).
 `agreement` = fraction of positions whose argmax equals the exact model's. Prism runs
-every CR for each --averaged tensor (default output,kv; rows prism_crX and prism_kv_crX). Device 0 sees
+every CR for each --averaged tensor (default output,kv; rows prism_crX and prism_kv_crX) and
+each --sink-rows K (default 0; K > 0: positions 0..K-1, the attention sink, are sent as
+themselves and never averaged, Prism's prefix-token rule; rows ..._sinkK_crX, field sink_rows). Device 0 sees
 only its own past and is exact at every CR; `per_device` shows where the loss sits.
 Every world size in --world-size (default 2,4) is one launch of P ranks; each row names
 its world_size (the exact row too: its per-device split is that P's even partition).
@@ -29,7 +31,9 @@ from fidelity_common import DATA, command, environment, run_on_ranks, save_table
 CRS = (2, 4, 8, 16)
 
 
-def _rank(rank, world, seq_len, batch, crs, averaged=("output",)):
+def _rank(rank, world, seq_len, batch, crs, averaged=("output",), sinks=(0,)):
+    import dataclasses
+
     import torch
 
     from runtime.models import ModelSpec, build_adapter
@@ -46,12 +50,16 @@ def _rank(rank, world, seq_len, batch, crs, averaged=("output",)):
     n_chunks = len(ids) // seq_len
     x = torch.tensor(ids[: n_chunks * seq_len]).view(n_chunks, seq_len)
     ad = build_adapter(ModelSpec("smollm2-135m", seq_len=seq_len))
-    settings = [("exact", "single", {}), ("voltage", "voltage", {})] + [
-        (f"prism_{'' if a == 'output' else a + '_'}cr{cr:g}", "prism", {"cr": float(cr), "averaged": a})
-        for a in averaged for cr in crs]
+    shape = ad.shape
+    settings = [("exact", "single", {}, 0), ("voltage", "voltage", {}, 0)] + [
+        (f"prism_{'' if a == 'output' else a + '_'}{f'sink{k}_' if k else ''}cr{cr:g}", "prism",
+         {"cr": float(cr), "averaged": a}, k) for a in averaged for k in sinks for cr in crs]
     out, exact_pred = [], {}
     with torch.inference_mode():
-        for label, st, opts in settings:
+        for label, st, opts, sink in settings:
+            # sink: device 0's first `sink` positions (the attention sink) travel as themselves,
+            # never averaged: Prism's prefix-token rule (costmodel.formulas.prism_segments)
+            ad.shape = dataclasses.replace(shape, prefix_tokens=sink)
             nll = [0.0] * world
             cnt = [0] * world
             agree = 0
@@ -104,7 +112,8 @@ def _rank(rank, world, seq_len, batch, crs, averaged=("output",)):
                 nll = [p[0] for p in parts]
                 cnt = [p[1] for p in parts]
                 agree = sum(p[2] for p in parts)
-            row = {"setting": label, "strategy": st, "world_size": world, **opts, "cr_resolved": cr_res,
+            row = {"setting": label, "strategy": st, "world_size": world, **opts,
+                   **({"sink_rows": sink} if sink else {}), "cr_resolved": cr_res,
                    "perplexity": math.exp(sum(nll) / sum(cnt)),
                    "agreement": agree / sum(cnt),
                    "per_device": [{"device": q, "perplexity": math.exp(nll[q] / cnt[q]),
@@ -124,6 +133,9 @@ def main(argv=None):
     ap.add_argument("--averaged", default="output,kv",
                     help="Prism averaged tensors, each over every CR (output: block input, means' keys "
                          "rotated at segment centroids; kv: means of rotated keys and of values)")
+    ap.add_argument("--sink-rows", default="0",
+                    help="grid of K: positions 0..K-1 (the attention sink) never averaged, sent as "
+                         "themselves like a ViT's prefix tokens (e.g. 0,1; rows prism_..._sinkK_crX)")
     ap.add_argument("--out", default="smollm2.json")
     a = ap.parse_args(argv)
     worlds = [int(w) for w in str(a.world_size).split(",")]
@@ -131,12 +143,16 @@ def main(argv=None):
     bad = [v for v in averaged if v not in ("output", "ln1", "kv")]
     if bad or not averaged:
         ap.error(f"--averaged {a.averaged}: known output, ln1, kv")
+    sinks = [int(k) for k in str(a.sink_rows).split(",") if k]
+    if any(k < 0 for k in sinks) or not sinks:
+        ap.error(f"--sink-rows {a.sink_rows}: integers >= 0")
     if any(w < 2 for w in worlds):
         ap.error(f"--world-size {a.world_size}: every P must be >= 2")
     rows, wall, res = [], {}, None
     for w in worlds:
         t0 = time.monotonic()
-        res = run_on_ranks(_rank, w, a.seq_len, a.batch, list(CRS), averaged, threads=a.threads)
+        res = run_on_ranks(_rank, w, a.seq_len, a.batch, list(CRS), averaged, sinks,
+                           threads=a.threads)
         wall[str(w)] = round(time.monotonic() - t0, 1)
         rows += res["rows"]
     print(save_table(a.out, {
@@ -146,6 +162,7 @@ def main(argv=None):
         "averaged": "per row: output (block input means; receivers project them and rotate their keys "
         "at segment centroids) or kv (means of each row's key rotated at its own position and of its "
         "value, used as K/V columns as they are)", "averaged_grid": averaged,
+        "sink_rows_grid": sinks, "variant_fields": ["log_bias", "averaged", "sink_rows"],
         "threads_per_rank": a.threads, "wall_s": wall,
         "environment": environment(), "rows": rows},
         command=command(__file__, argv, env=("HF_HUB_OFFLINE",))))
