@@ -107,8 +107,9 @@ def main(argv=None):
     path = save_table(a.out, {"benchmark": "side_by_side", "model": "vit_digits (timm test_vit, N 65, depth 4)",
                               "world_size": 2, "batch": a.batch, "environment": environment(),
                               "note": "accuracy_from_table repeats the fidelity tables' rows (named in "
-                                      "accuracy_source); the accuracy model reads those tables, not this one",
-                              "rows": rows},
+                                      "accuracy_source); under 'results', not 'rows', so the accuracy "
+                                      "model reads those tables, not this one",
+                              "results": rows},
                       command=command(__file__, argv))
     print(f"{'setting':28s} " + " ".join(f"{'bw ' + format(b, 'g'):>10s}" for b in sorted({r['bw'] for r in rows}))
           + f" {'KB/inf':>8s} {'accuracy':>9s}")

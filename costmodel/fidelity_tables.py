@@ -31,14 +31,15 @@ BENCHMARKS = {
     "fidelity_gpt2": ("gpt2_bytes", ("perplexity", "next_byte_accuracy", "agreement")),
     "fidelity_minilm": ("minilm", ("cos_mean", "nn_top1_agreement", "recall_at_5", "cos_p5")),
     "fidelity_smollm2": ("smollm2", ("perplexity", "agreement")),
+    "fidelity_coformer": ("vit_digits", ("accuracy", "agreement")),
 }
 #: fine-tuning task (a card's `task`) -> the model key of its off-the-shelf table
 TASK_MODELS = {"digits": "vit_digits", "stdlib-bytes": "gpt2_bytes", "stdlib-text": "minilm"}
 KNOWN_METRICS = ("accuracy", "cos_mean", "perplexity", "next_byte_accuracy", "nn_top1_agreement",
                  "agreement", "recall_at_5", "cos_p5")
 #: the accuracy-relevant options of a strategy and the runtime's defaults
-VARIANT_FIELDS = ("log_bias", "averaged")
-DEFAULT_VARIANT = {"prism": {"log_bias": True, "averaged": "output"}}
+VARIANT_FIELDS = ("log_bias", "averaged", "assign")
+DEFAULT_VARIANT = {"prism": {"log_bias": True, "averaged": "output"}, "coformer": {"assign": "importance"}}
 REFERENCE_STRATEGIES = ("exact", "single")     # the unpartitioned model
 CARD_KIND = "prism-edge finetune"
 
@@ -89,7 +90,7 @@ def read_table(path) -> tuple:
         if rec is None:
             skipped.append((f"{_rel(path)} row {i}", why))
         else:
-            records.append(rec)
+            records.append({**rec, "row": i, "benchmark": doc.get("benchmark")})
     return records, skipped
 
 
@@ -154,20 +155,26 @@ def load_tables(root=None) -> tuple:
 
 
 def dedupe(records: list, skipped: list) -> tuple:
-    """One record per setting (model, strategy, P, cr, k, finetuned, variant): a setting
-    measured in two tables (finetuned_accuracy.json re-measures the base rows beside the
-    fine-tuned ones) keeps the first; a fine-tuning card's own figures (from the emulated
-    forward) give way to a table row measured on GLOO ranks."""
+    """One record per setting (model, strategy, P, cr, k, finetuned, variant). When two
+    files hold the same setting, the one kept is, in order: a table row measured on GLOO
+    ranks over a fine-tuning card's own figures (emulated forward); the setting's own
+    table over finetune_prism's re-measurement of the base weights beside each fine-tuned
+    row ("before"); else the first file in path order. Dropped rows are listed in
+    `skipped` with the file that holds the kept one."""
     def key(r):
         return (r["model"], r["strategy"], r["world_size"], r["cr"], r["k"], r["finetuned"], r["variant"])
 
-    is_card = {id(r): r.get("exact") is not None and r["finetuned"] and r["source"].endswith(".json")
-               and "/" in r["source"] and r["source"].split("/")[-2] == "finetuned" for r in records}
+    def rank(r):
+        card = r.get("row") is None
+        before = r.get("benchmark") == "finetune_prism" and not r["finetuned"]
+        return (card, before)
+
     best: dict = {}
     for r in records:
         k = key(r)
-        if k not in best or (is_card[id(best[k])] and not is_card[id(r)]):
+        if k not in best or rank(r) < rank(best[k]):
             best[k] = r
     kept = {id(r) for r in best.values()}
-    dropped = [(r["source"], f"duplicate of {best[key(r)]['source']}") for r in records if id(r) not in kept]
+    dropped = [(r["source"] + ("" if r.get("row") is None else f" row {r['row']}"),
+                f"duplicate of {best[key(r)]['source']}") for r in records if id(r) not in kept]
     return [r for r in records if id(r) in kept], list(skipped) + dropped
