@@ -20,7 +20,8 @@ from costmodel.strategies import get_formula
 EMULATED = [n for n in list_strategies() if getattr(strategy_class(n), "emulated", False)]
 DISTRIBUTED = [n for n in EMULATED if get_formula(n).distributed]
 # approximating settings per strategy (beyond its exact options), when it has any
-APPROX = {"prism": [{"m": 1}, {"cr": 2, "averaged": "ln1"}, {"cr": 3, "log_bias": False}],
+APPROX = {"prism": [{"m": 1}, {"cr": 2, "averaged": "ln1"}, {"cr": 3, "log_bias": False},
+                   {"m": 2, "sink_rows": 1}],
           "coformer": [{"k": 2}]}
 
 
@@ -131,6 +132,28 @@ def test_single_on_one_emulated_rank_is_the_plain_model(family):
         ref_l, ref_f = ad.reference(x)
     assert torch.allclose(out.features, ref_f, atol=1e-5)
     assert torch.allclose(out.logits, ref_l, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "vit", "gpt2"])
+def test_sink_rows_are_sent_as_themselves(family):
+    """sink_rows = k: device 0's first k rows travel exactly (one 'segment' each), so
+    with every other row also its own segment the model is exact, and device 0 sends
+    k - 1 more rows than without (its prefix token, if any, already travels exactly)."""
+    ad = _adapter(family)
+    x = ad.make_inputs(2, seed=6)
+    lp = -(-ad.seq_len // 2)
+    with torch.no_grad():
+        ref_f = ad.reference(x)[1]
+        exact = EmulatedModel(ad, "prism", 2, m=lp, sink_rows=3, batch=2)(x, features=True)
+        assert (exact.features - ref_f).abs().max().item() < 1e-4
+        a = EmulatedModel(ad, "prism", 2, m=2, batch=2)
+        b = EmulatedModel(ad, "prism", 2, m=2, sink_rows=3, batch=2)
+        got = b(x, features=True)
+    extra = 3 - max(1, ad.shape.prefix_tokens)
+    assert b.plan.rows_sent(0) == a.plan.rows_sent(0) + extra + (ad.shape.prefix_tokens == 0)
+    assert got.timings[0]["totals"]["comm_bytes"] == b.plan.comm_bytes(0)
+    with pytest.raises(ValueError, match="sink_rows"):
+        EmulatedModel(ad, "prism", 2, m=2, sink_rows=-1)
 
 
 def test_non_emulated_strategy_and_bad_world_are_refused():

@@ -6,12 +6,14 @@ added to a mean's logit so that it weighs as the s tokens it stands for. CR = L_
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from costmodel.strategies import make_plan
 from costmodel.formulas import PRISM_AVERAGED, prism_segments, segment_sizes
 from ..models.masks import prism_masks
 from .base import Strategy, opt, register_strategy
@@ -67,8 +69,12 @@ class Prism(Strategy):
                            aliases=("--segment-means",), exclusive="cr")
     log_bias: bool = opt(True, "count-weighted softmax (--no-log-bias: plain softmax over means)")
     averaged: str = opt("output", "averaged tensor", choices=AVERAGED)
+    sink_rows: int = opt(0, "device 0's first rows sent as themselves, never averaged (the "
+                            "attention sink of decoders; at least the model's prefix tokens)")
 
     def __post_init__(self):
+        if isinstance(self.sink_rows, bool) or not isinstance(self.sink_rows, int) or self.sink_rows < 0:
+            raise ValueError(f"sink_rows={self.sink_rows!r} must be an integer >= 0")
         if self.averaged not in AVERAGED:
             raise ValueError(f"unknown averaged tensor {self.averaged!r}; known: {list(AVERAGED)}")
         if (self.cr is None) == (self.m is None):
@@ -76,6 +82,15 @@ class Prism(Strategy):
 
     def plan_options(self):
         return {"cr": self.cr, "m": self.m, "averaged": self.averaged}
+
+    def plan(self, adapter, ctx, batch):
+        """The plan over a shape whose prefix rows include the sink rows: device 0 sends
+        them as themselves (costmodel.formulas.prism_segments), so bytes stay the formula's."""
+        if self.sink_rows <= adapter.shape.prefix_tokens:
+            return super().plan(adapter, ctx, batch)
+        shape = dataclasses.replace(adapter.shape, prefix_tokens=self.sink_rows)
+        return make_plan(self.name, shape, world_size=ctx.world_size, batch=batch,
+                         partition=ctx.partition, exchange=ctx.exchange, **self.plan_options())
 
     @classmethod
     def exact_options(cls, seq_len, world_size):
