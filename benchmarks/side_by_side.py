@@ -64,15 +64,18 @@ def accuracy(query) -> dict:
     return {"accuracy_from_table": p["value"], "accuracy_basis": p["basis"], "accuracy_source": p["source"]}
 
 
-def run_one(tb, strategy, flags, checkpoint, batch, repeats) -> dict:
-    argv = [sys.executable, "-m", "runtime", "run", *MODEL, "--checkpoint", checkpoint,
-            "--strategy", strategy, *flags, "--batch", str(batch), "--warmup", "3",
-            "--repeats", str(repeats), "--timeout", "300"]
+def run_one(tb, strategy, flags, checkpoint, batch, repeats, model=MODEL, warmup=3) -> dict:
+    """One `runtime run` on the testbed's ranks (single: one process, no link); its
+    median latency and the bytes rank 0 sent."""
+    argv = [sys.executable, "-m", "runtime", "run", *model,
+            *(["--checkpoint", checkpoint] if checkpoint else []),
+            "--strategy", strategy, *flags, "--batch", str(batch), "--warmup", str(warmup),
+            "--repeats", str(repeats), "--timeout", "600"]
     if strategy == "single":
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=1800,
                              env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True).stdout
     else:
-        out = tb.launch(argv + ["--world-size", "2"], timeout_s=900)
+        out = tb.launch(argv + ["--world-size", "2"], timeout_s=1800)
     res = json.loads(out.strip().splitlines()[-1])
     return {"latency_ms": res["latency_ms"]["median"], "p10_ms": res["latency_ms"]["p10"],
             "p90_ms": res["latency_ms"]["p90"], "comm_bytes": res["ranks"][0]["comm_bytes"] if res.get("ranks") else 0}
