@@ -318,3 +318,16 @@ def test_runtime_subprocess_bad_input_one_line():
                        env=dict(os.environ, PRISM_EDGE_LOG="WARNING"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == \
         ["error: --timeout=0 must be a finite number > 0 (s)"]
+
+
+def test_coformer_on_a_family_without_its_residual_stream_is_one_line_exit_2():
+    """Refused before any rank starts (plan() sees the family), not as a rank's crash."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "runtime", "run", "--model", "bert-tiny", "--seq-len", "24",
+                        "--strategy", "coformer", "--k", "2", "--world-size", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "coformer k=2" in lines[0] and "--k 1" in lines[0], r.stderr

@@ -285,6 +285,6 @@ def test_bad_plan_arguments():
         make_plan("coformer", shape, world_size=2, collective="pairwise")
     with pytest.raises(ValueError, match="partition"):
         make_plan("coformer", shape, world_size=2, partition=[9, 8])
-    with pytest.raises(ValueError, match="post-LN: k=1 only"):
+    with pytest.raises(ValueError, match="k=1 only"):
         create_strategy("coformer", k=2).apply(_adapter("bert"), DistContext(0, 2))
     assert math.isfinite(make_plan("coformer", shape, world_size=2).flops(0))

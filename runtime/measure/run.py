@@ -108,7 +108,7 @@ def validate(cfg: RunConfig) -> None:
                          f"all-minilm-l6-v2), not to {cfg.model!r}")
     # shapes from the model definition (meta device: no weights built)
     strat = cfg.create_strategy()
-    ad_stub = _ShapeOnly(_shape_of(cfg))
+    ad_stub = _ShapeOnly(_shape_of(cfg), family_of(cfg.model))
     plan = strat.plan(ad_stub, DistContext(world_size=cfg.world_size, partition=cfg.partition,
                                            exchange=cfg.exchange), cfg.batch)
     if cfg.lengths:
@@ -121,8 +121,10 @@ def validate(cfg: RunConfig) -> None:
 
 
 class _ShapeOnly:
-    def __init__(self, shape):
-        self.shape = shape
+    """What a strategy's plan() may read before any weights exist: shape and family."""
+
+    def __init__(self, shape, family=None):
+        self.shape, self.family = shape, family
 
 
 def _shape_of(cfg: RunConfig):

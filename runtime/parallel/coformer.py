@@ -331,7 +331,12 @@ class CoFormer(HeadColumnSplit):
             if got != want or card["world_size"] != ctx.world_size:
                 raise ValueError(f"calibrated sub-models {self.weights!r} are for shape {got}, "
                                  f"P={card['world_size']}; this model is {want}, P={ctx.world_size}")
-        return super().plan(adapter, ctx, batch)
+        plan = super().plan(adapter, ctx, batch)
+        fam = getattr(adapter, "family", None)      # known before any weights (run's validation)
+        if fam is not None and plan.k > 1 and fam not in RESIDUAL_FAMILIES and ctx.world_size > 1:
+            raise ValueError(f"coformer k={plan.k} needs an additive residual stream (families "
+                             f"{list(RESIDUAL_FAMILIES)}), not {fam!r}: k=1 only (--k 1, tensor_parallel's exact split)")
+        return plan
 
     def prepare(self, adapter, ctx, plan) -> CoState:
         lay = layout_for(adapter)
