@@ -32,7 +32,7 @@ def _cli(args, timeout=180, cmd=None):
     (["--strategy", "single", "--world-size", "2"], "must be 1"),
     (["--strategy", "prism"], "exactly one of cr or m"),
     (["--strategy", "voltage", "--checkpoint", "/nonexistent.pt"], "does not exist"),
-    (["--strategy", "voltage", "--heads", "1,1"], "applies to ['galaxy', 'tensor_parallel']"),
+    (["--strategy", "voltage", "--heads", "1,1"], "applies to ['coformer', 'galaxy', 'tensor_parallel']"),
     (["--strategy", "galaxy", "--heads", "1,x"], "comma-separated integers"),
     (["--strategy", "galaxy", "--heads", "3,3"], "sum to 2"),
 ])
