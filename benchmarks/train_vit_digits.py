@@ -25,22 +25,11 @@ SPEC = dict(name="test_vit", img_size=32, patch_size=4, depth=4, num_classes=10)
 
 
 def digits_split(seed: int = 0):
-    """(x_train, y_train, x_test, y_test) as float tensors (B, 3, 32, 32) and labels."""
-    import torch
-    import torch.nn.functional as F
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """(x_train, y_train, x_test, y_test): runtime.train.tasks.digits_split, the one
+    definition of the data the fine-tuning task and the fidelity benchmark also read."""
+    from runtime.train.tasks import digits_split as split
 
-    d = load_digits()
-    xtr, xte, ytr, yte = train_test_split(d.images, d.target, test_size=0.25,
-                                          stratify=d.target, random_state=seed)
-
-    def prep(x):
-        t = torch.tensor(x, dtype=torch.float32).unsqueeze(1) / 16.0
-        t = F.interpolate(t, size=(32, 32), mode="bilinear", align_corners=False)
-        return (t.repeat(1, 3, 1, 1) - 0.5) / 0.5
-
-    return prep(xtr), torch.tensor(ytr), prep(xte), torch.tensor(yte)
+    return split(seed)
 
 
 def main(argv=None):
