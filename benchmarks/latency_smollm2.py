@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from side_by_side import run_one
+from side_by_side import run_one, shaped_link
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = [("single", "single", []), ("voltage", "voltage", []),
@@ -33,7 +33,6 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "latency_smollm2.json"))
     a = ap.parse_args(argv)
     from costmodel.perfmap import atomic_write_text
-    from runtime.netem.testbed import Testbed
 
     rows = []
     for n in [int(x) for x in a.seq_lens.split(",")]:
@@ -42,10 +41,7 @@ def main(argv=None):
         rows.append({"seq_len": n, "bw": None, "setting": "single", **single})
         print(json.dumps(rows[-1]), file=sys.stderr)
         for bw in [float(b) for b in a.bws.split(",")]:
-            with Testbed(2, bw, prefix="sml") as tb:
-                if tb.mode == "loopback":
-                    raise SystemExit("error: needs root (network namespaces) for the emulated network")
-                tb.measure_bw()
+            with shaped_link(bw, "sml") as tb:
                 for label, strategy, flags in SETTINGS[1:]:
                     r = run_one(tb, strategy, flags, None, 1, a.repeats, model, warmup=1)
                     rows.append({"seq_len": n, "bw": bw, "bw_measured": tb.link.get("bw_measured"),

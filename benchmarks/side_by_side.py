@@ -15,6 +15,7 @@ tables' measured row for the setting (costmodel.accuracy; GLOO-measured), named.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -64,6 +65,19 @@ def accuracy(query) -> dict:
     return {"accuracy_from_table": p["value"], "accuracy_basis": p["basis"], "accuracy_source": p["source"]}
 
 
+@contextlib.contextmanager
+def shaped_link(bw: float, prefix: str):
+    """Two emulated devices behind a `bw` Mbit/s link (netns + tbf), its rate measured;
+    exits in one line where namespaces are not available (needs root)."""
+    from runtime.netem.testbed import Testbed
+
+    with Testbed(2, bw, prefix=prefix) as tb:
+        if tb.mode == "loopback":
+            raise SystemExit("error: needs root (network namespaces) for the emulated network")
+        tb.measure_bw()
+        yield tb
+
+
 def run_one(tb, strategy, flags, checkpoint, batch, repeats, model=MODEL, warmup=3) -> dict:
     """One `runtime run` on the testbed's ranks (single: one process, no link); its
     median latency and the bytes rank 0 sent."""
@@ -102,14 +116,9 @@ def main(argv=None):
         save_table(a.out, {k: v for k, v in doc.items() if k not in ("schema_version", "command")},
                    command=doc["command"])
         return _print(rows, path)
-    from runtime.netem.testbed import Testbed
-
     rows, single = [], None
     for bw in [float(b) for b in a.bws.split(",")]:
-        with Testbed(2, bw, prefix="sbs") as tb:
-            if tb.mode == "loopback":
-                raise SystemExit("error: needs root (network namespaces) for the emulated network")
-            tb.measure_bw()
+        with shaped_link(bw, "sbs") as tb:
             for label, strategy, flags, ck, q in settings():
                 if strategy == "single" and single is not None:
                     r = single

@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 
-from side_by_side import run_one
+from side_by_side import run_one, shaped_link
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRATEGIES = [("single", []), ("voltage", []), ("prism", ["--cr", "9.9"]), ("tensor_parallel", []),
@@ -33,7 +33,6 @@ def main(argv=None):
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     from costmodel.perfmap import atomic_write_text
-    from runtime.netem.testbed import Testbed
 
     model = ["--model", a.model] + (["--seq-len", str(a.seq_len)] if a.seq_len else [])
     batches = [int(b) for b in a.batches.split(",")]
@@ -43,10 +42,7 @@ def main(argv=None):
         rows.append({"strategy": "single", "batch": b, "bw": None, **r})
         print(json.dumps(rows[-1]), file=sys.stderr)
     for bw in [float(x) for x in a.bws.split(",")]:
-        with Testbed(2, bw, prefix="grid") as tb:
-            if tb.mode == "loopback":
-                raise SystemExit("error: needs root (network namespaces) for the emulated network")
-            tb.measure_bw()
+        with shaped_link(bw, "grid") as tb:
             for name, flags in STRATEGIES[1:]:
                 if name in refused:
                     continue

@@ -11,11 +11,9 @@ sorted by name; every 10th file is held out for evaluation. Tokens are bytes (vo
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
-import sysconfig
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,29 +22,18 @@ SEQ = 128
 
 
 def corpus():
-    """(train bytes, eval bytes, eval file names) from the stdlib sources."""
-    files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
-    train, held, names = [], [], []
-    for i, f in enumerate(files):
-        with open(f, "rb") as fh:
-            b = fh.read()
-        if i % 10 == 9:
-            held.append(b)
-            names.append(os.path.basename(f))
-        else:
-            train.append(b)
-    return b"\n".join(train), b"\n".join(held), names
+    """(train bytes, eval bytes, eval file names) from the stdlib sources
+    (runtime.train.tasks.stdlib_corpus, which the fine-tuning task also reads)."""
+    from runtime.train.tasks import stdlib_corpus
+
+    return stdlib_corpus()
 
 
 def eval_batch(n: int = 64, seed: int = 0):
     """(n, SEQ + 1) byte windows from the held-out files at seeded offsets."""
-    import torch
+    from runtime.train.tasks import byte_windows
 
-    _, held, _ = corpus()
-    data = torch.frombuffer(bytearray(held), dtype=torch.uint8).long()
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(data) - SEQ - 1, (n,), generator=g)
-    return torch.stack([data[s:s + SEQ + 1] for s in starts.tolist()])
+    return byte_windows(corpus()[1], n, SEQ, seed)
 
 
 def main(argv=None):
